@@ -1,0 +1,5 @@
+import sys
+
+from channels.cli.main import main
+
+sys.exit(main())

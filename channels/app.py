@@ -1,0 +1,190 @@
+"""App: an id, a broker URL, the lifecycle, and the topics it declares."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from channels.channel import Channel
+from channels.errors import ChannelsError, ClosedError, ConfigurationError, ConnectionFailed, Timeout
+from channels.producer import Producer
+from channels.registry import get_transport_class
+from channels.topic import Topic
+from channels.url import BrokerURL, parse_url
+
+if TYPE_CHECKING:
+    from channels.topic import EventStream
+    from transports.base import Transport
+
+__all__ = ["App", "DEFAULT_BROKER"]
+
+log = logging.getLogger("channels.app")
+
+DEFAULT_BROKER = "memory://"
+
+
+class App:
+    """The entry point: ``async with App("billing", broker="kafka://...") as app``.
+
+    ``broker`` defaults to ``$CHANNELS_BROKER``, else ``memory://``. Starting connects the
+    transport and declares every ``internal=True`` topic created so far; stopping flushes
+    every pending send, closes every stream and then the transport. A stopped app stays
+    closed: using it raises ``ClosedError``.
+    """
+
+    def __init__(
+        self,
+        id: str,
+        *,
+        broker: str | BrokerURL | None = None,
+        connect_timeout: float = 30.0,
+        close_timeout: float = 30.0,
+        batch_size: int = 500,
+        max_buffer: int = 10_000,
+        retries: int = 3,
+    ) -> None:
+        if not isinstance(id, str) or not id.strip():
+            raise ConfigurationError("an App needs a non-empty id")
+        self.id = id
+        self.url = parse_url(broker or os.environ.get("CHANNELS_BROKER") or DEFAULT_BROKER)
+        self.connect_timeout = connect_timeout
+        self.close_timeout = close_timeout
+        cls = get_transport_class(self.url.scheme)
+        self.transport_object: Transport = cls(self.url)
+        self.producer = Producer(
+            self.transport_object, batch_size=batch_size, max_buffer=max_buffer, retries=retries
+        )
+        self._topics: list[Topic[Any, Any]] = []
+        self._streams: weakref.WeakSet[EventStream[Any, Any]] = weakref.WeakSet()
+        self._state = "new"
+        self._lock: asyncio.Lock | None = None
+        self.undelivered = 0
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        return self._state in ("closing", "closed")
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def transport(self) -> Transport:
+        """The connected transport; ClosedError if the app is not running."""
+        if self._state != "running":
+            if self.closed:
+                raise ClosedError(f"app {self.id!r} is closed", broker=self.url)
+            raise ClosedError(
+                f"app {self.id!r} is not started; use `async with app:` or `await app.start()`",
+                broker=self.url,
+            )
+        return self.transport_object
+
+    @property
+    def capabilities(self) -> Any:
+        return self.transport_object.capabilities
+
+    def _get_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def start(self) -> App:
+        async with self._get_lock():
+            if self._state == "running":
+                return self
+            if self.closed:
+                raise ClosedError(f"app {self.id!r} is closed; create a new App", broker=self.url)
+            self._state = "starting"
+            try:
+                await asyncio.wait_for(self.transport_object.connect(), self.connect_timeout)
+            except TimeoutError:
+                self._state = "new"
+                raise ConnectionFailed(
+                    f"could not connect within {self.connect_timeout}s", broker=self.url
+                ) from None
+            except ChannelsError as exc:
+                self._state = "new"
+                if exc.broker is None:
+                    exc.set_broker(self.url)
+                raise
+            except BaseException:
+                self._state = "new"
+                raise
+            self.producer.start()
+            self._state = "running"
+        for topic in list(self._topics):
+            if topic.internal:
+                await topic.maybe_declare()
+        return self
+
+    async def stop(self) -> int:
+        """Flush, close streams and transport. Returns how many sends were not delivered."""
+        async with self._get_lock():
+            if self._state == "closed":
+                return self.undelivered
+            was_running = self._state == "running"
+            self._state = "closing"
+            try:
+                if was_running:
+                    self.undelivered = await self.producer.close(self.close_timeout)
+                    if self.undelivered:
+                        log.error("app %s closed with %d undelivered message(s)", self.id, self.undelivered)
+                for stream in list(self._streams):
+                    try:
+                        await asyncio.wait_for(stream.close(), self.close_timeout)
+                    except (TimeoutError, ChannelsError) as exc:
+                        log.warning("closing a stream failed: %s", exc)
+                if was_running:
+                    try:
+                        await asyncio.wait_for(self.transport_object.close(), self.close_timeout)
+                    except TimeoutError:
+                        raise Timeout(f"transport did not close within {self.close_timeout}s", broker=self.url) from None
+            finally:
+                self._state = "closed"
+        return self.undelivered
+
+    async def __aenter__(self) -> App:
+        return await self.start()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    # -- factories -----------------------------------------------------------------------
+
+    def topic(self, *names: str, **options: Any) -> Topic[Any, Any]:
+        """A Topic of this app; see :class:`channels.Topic` for the options."""
+        if self.closed:
+            raise ClosedError(f"app {self.id!r} is closed", broker=self.url)
+        topic: Topic[Any, Any] = Topic(self, *names, **options)
+        self._topics.append(topic)
+        return topic
+
+    def channel(
+        self, *, key_type: Any = None, value_type: Any = None, maxsize: int | None = None
+    ) -> Channel[Any, Any]:
+        """An in-process channel (no broker)."""
+        return Channel(self, key_type=key_type, value_type=value_type, maxsize=maxsize)
+
+    def info(self) -> Mapping[str, Any]:
+        return {
+            "id": self.id,
+            "broker": self.url.redacted(),
+            "driver": type(self.transport_object).__name__,
+            "capabilities": self.transport_object.capabilities.as_dict(),
+        }
+
+    def __repr__(self) -> str:
+        return f"<App {self.id!r} {self.url.redacted()} {self._state}>"

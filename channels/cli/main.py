@@ -1,0 +1,80 @@
+"""``channels``: one command for every broker.
+
+Each subcommand lives in its own module under ``channels.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` (a callable taking the
+parsed arguments and returning an exit status). Modules are imported only to build the
+parser, and a broken or missing one never hides the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from channels.errors import ChannelsError, ConfigurationError, ConnectionFailed, TopicNotFound
+
+#: subcommand modules, in the order --help lists them
+COMMANDS = (
+    "demo",
+    "send",
+    "tail",
+    "bridge",
+    "doctor",
+    "conformance",
+    "bench",
+    "zmq_broker",
+)
+
+#: exit status for bad input or an unreachable broker
+EXIT_USAGE = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="channels",
+        description="One Channel/Topic API over Kafka, RabbitMQ, MQTT, NSQ, ZeroMQ and memory.",
+        epilog="Example: channels demo --broker memory://",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"channels.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"channels.cli.{name}":
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        status: int = func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ConfigurationError, ConnectionFailed, TopicNotFound) as exc:
+        print(f"channels {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ChannelsError as exc:
+        print(f"channels {args.command}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The conformance suite and its harness (a pytest plugin, inactive unless asked for)."""
