@@ -11,7 +11,13 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from channels.channel import Channel
-from channels.errors import ChannelsError, ClosedError, ConfigurationError, ConnectionFailed, Timeout
+from channels.errors import (
+    ChannelsError,
+    ClosedError,
+    ConfigurationError,
+    ConnectionFailed,
+    Timeout,
+)
 from channels.producer import Producer
 from channels.registry import get_transport_class
 from channels.topic import Topic
@@ -21,7 +27,7 @@ if TYPE_CHECKING:
     from channels.topic import EventStream
     from transports.base import Transport
 
-__all__ = ["App", "DEFAULT_BROKER"]
+__all__ = ["DEFAULT_BROKER", "App"]
 
 log = logging.getLogger("channels.app")
 
@@ -136,7 +142,11 @@ class App:
                 if was_running:
                     self.undelivered = await self.producer.close(self.close_timeout)
                     if self.undelivered:
-                        log.error("app %s closed with %d undelivered message(s)", self.id, self.undelivered)
+                        log.error(
+                            "app %s closed with %d undelivered message(s)",
+                            self.id,
+                            self.undelivered,
+                        )
                 for stream in list(self._streams):
                     try:
                         await asyncio.wait_for(stream.close(), self.close_timeout)
@@ -146,7 +156,9 @@ class App:
                     try:
                         await asyncio.wait_for(self.transport_object.close(), self.close_timeout)
                     except TimeoutError:
-                        raise Timeout(f"transport did not close within {self.close_timeout}s", broker=self.url) from None
+                        raise Timeout(
+                            f"transport did not close within {self.close_timeout}s", broker=self.url
+                        ) from None
             finally:
                 self._state = "closed"
         return self.undelivered

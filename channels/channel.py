@@ -105,10 +105,12 @@ class Channel(Generic[K, V]):
         offset = root._offset
         root._offset += 1
         ts = timestamp if timestamp is not None else time.time()
-        raw_headers = {k: v.encode("utf-8") if isinstance(v, str) else v for k, v in (headers or {}).items()}
+        raw_headers = {
+            k: v.encode("utf-8") if isinstance(v, str) else v for k, v in (headers or {}).items()
+        }
         for sub in list(root._subscribers):
             message = Message(self.label, None, None, dict(raw_headers), 0, offset, ts)
-            await sub.queue.put(Event(key, value, message))  # type: ignore[arg-type]
+            await sub.queue.put(Event(key, value, message))
         return RecordMetadata(self.label, 0, offset, ts)
 
     def as_future_message(

@@ -139,7 +139,7 @@ class _Pickle:
     def loads(self, data: bytes) -> Any:
         import pickle
 
-        return pickle.loads(data)  # noqa: S301 - only after enable_pickle()
+        return pickle.loads(data)
 
 
 class _Chain:
@@ -228,7 +228,9 @@ def dumps(codec: CodecArg, obj: Any) -> bytes:
     except (EncodeError, ConfigurationError):
         raise
     except Exception as exc:
-        raise EncodeError(f"cannot serialize {type(obj).__name__} with {_name(codec)}: {exc}") from exc
+        raise EncodeError(
+            f"cannot serialize {type(obj).__name__} with {_name(codec)}: {exc}"
+        ) from exc
 
 
 def loads(codec: CodecArg, data: bytes) -> Any:
@@ -285,7 +287,9 @@ class TypedCodec:
         try:
             data = self._to_data(obj)
         except Exception as exc:
-            raise EncodeError(f"cannot convert {type(obj).__name__} for serialization: {exc}") from exc
+            raise EncodeError(
+                f"cannot convert {type(obj).__name__} for serialization: {exc}"
+            ) from exc
         return dumps(self.codec, data)
 
     def loads(self, data: bytes | None) -> Any:
@@ -295,7 +299,9 @@ class TypedCodec:
         try:
             return self._from_data(obj)
         except Exception as exc:
-            raise DecodeError(f"cannot build {getattr(self.tp, '__name__', self.tp)}: {exc}") from exc
+            raise DecodeError(
+                f"cannot build {getattr(self.tp, '__name__', self.tp)}: {exc}"
+            ) from exc
 
 
 def _identity(obj: Any) -> Any:

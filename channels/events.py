@@ -73,7 +73,9 @@ class FutureMessage(Generic[K, V]):
 
     __slots__ = ("future", "message")
 
-    def __init__(self, message: PendingMessage, future: asyncio.Future[RecordMetadata] | None = None):
+    def __init__(
+        self, message: PendingMessage, future: asyncio.Future[RecordMetadata] | None = None
+    ):
         self.message = message
         self.future: asyncio.Future[RecordMetadata] = (
             future if future is not None else asyncio.get_running_loop().create_future()

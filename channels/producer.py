@@ -96,13 +96,17 @@ class Producer:
             except asyncio.CancelledError:
                 for _, fut in live:
                     if not fut.done():
-                        fut.set_exception(ClosedError("the producer closed before the broker confirmed"))
+                        fut.set_exception(
+                            ClosedError("the producer closed before the broker confirmed")
+                        )
                 raise
             except ChannelsError as exc:
                 if exc.retryable and attempt < self.retries and not self._closed:
                     attempt += 1
                     delay = self.retry_backoff * (2 ** (attempt - 1))
-                    log.warning("send failed (%s); retry %d/%d in %.1fs", exc, attempt, self.retries, delay)
+                    log.warning(
+                        "send failed (%s); retry %d/%d in %.1fs", exc, attempt, self.retries, delay
+                    )
                     await asyncio.sleep(delay)
                     continue
                 self._fail(live, exc)
@@ -114,7 +118,9 @@ class Producer:
                         fut.set_result(md)
             return
 
-    def _fail(self, batch: list[tuple[Message, asyncio.Future[RecordMetadata]]], exc: BaseException) -> None:
+    def _fail(
+        self, batch: list[tuple[Message, asyncio.Future[RecordMetadata]]], exc: BaseException
+    ) -> None:
         self.failed += len(batch)
         for _, fut in batch:
             if not fut.done():

@@ -188,9 +188,15 @@ class Topic(Channel[K, V]):
         target = topic or self.names[0]
         transport = self.app.transport_object
         caps = transport.capabilities
-        key_codec = self._key_codec if key_serializer is None else codecs.resolve(self.key_type, key_serializer)
+        key_codec = (
+            self._key_codec
+            if key_serializer is None
+            else codecs.resolve(self.key_type, key_serializer)
+        )
         value_codec = (
-            self._value_codec if value_serializer is None else codecs.resolve(self.value_type, value_serializer)
+            self._value_codec
+            if value_serializer is None
+            else codecs.resolve(self.value_type, value_serializer)
         )
         raw_key = key_codec.dumps(key)
         raw_value = value_codec.dumps(value)
@@ -203,7 +209,9 @@ class Topic(Channel[K, V]):
             if partition < 0:
                 raise ConfigurationError("partition must be >= 0")
         if caps.uses_envelope:
-            message = Message(target, envelope.wrap(raw_key, raw_value, raw_headers), None, {}, partition)
+            message = Message(
+                target, envelope.wrap(raw_key, raw_value, raw_headers), None, {}, partition
+            )
         else:
             message = Message(target, raw_value, raw_key, raw_headers, partition)
         message.timestamp = timestamp
@@ -224,7 +232,9 @@ class Topic(Channel[K, V]):
         value_serializer: Any = None,
     ) -> RecordMetadata:
         """Send one message and return once the broker confirmed it."""
-        message = self.prepare(key, value, headers, partition, timestamp, key_serializer, value_serializer)
+        message = self.prepare(
+            key, value, headers, partition, timestamp, key_serializer, value_serializer
+        )
         return await self.app.producer.send(message)
 
     def send_soon(
@@ -242,8 +252,12 @@ class Topic(Channel[K, V]):
 
         Bad input raises here, at the call. Await the returned future for its metadata.
         """
-        pending = PendingMessage(self, key, value, headers, partition, timestamp, key_serializer, value_serializer)
-        message = self.prepare(key, value, headers, partition, timestamp, key_serializer, value_serializer)
+        pending = PendingMessage(
+            self, key, value, headers, partition, timestamp, key_serializer, value_serializer
+        )
+        message = self.prepare(
+            key, value, headers, partition, timestamp, key_serializer, value_serializer
+        )
         return FutureMessage(pending, self.app.producer.enqueue(message))
 
     async def put(self, value: V) -> None:
@@ -255,7 +269,13 @@ class Topic(Channel[K, V]):
     ) -> RecordMetadata | FutureMessage[K, V]:
         p = fut.message
         message = self.prepare(
-            p.key, p.value, p.headers, p.partition, p.timestamp, p.key_serializer, p.value_serializer
+            p.key,
+            p.value,
+            p.headers,
+            p.partition,
+            p.timestamp,
+            p.key_serializer,
+            p.value_serializer,
         )
         inner = self.app.producer.enqueue(message)
         inner.add_done_callback(lambda f: _copy_outcome(f, fut))
@@ -314,8 +334,15 @@ class Topic(Channel[K, V]):
                 exc.raw = message
                 raise
             message = Message(
-                message.topic, value, key, headers, message.partition, message.offset,
-                message.timestamp, message.token, message.redelivered,
+                message.topic,
+                value,
+                key,
+                headers,
+                message.partition,
+                message.offset,
+                message.timestamp,
+                message.token,
+                message.redelivered,
             )
         try:
             key_obj = self._key_codec.loads(message.key)
@@ -332,7 +359,9 @@ def encode_headers(headers: Mapping[str, str | bytes] | None) -> dict[str, bytes
     if not headers:
         return {}
     if not isinstance(headers, Mapping):
-        raise EncodeError(f"headers must be a mapping of str to bytes or str, not {type(headers).__name__}")
+        raise EncodeError(
+            f"headers must be a mapping of str to bytes or str, not {type(headers).__name__}"
+        )
     out: dict[str, bytes] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not name:
@@ -388,8 +417,10 @@ class EventStream(AsyncIterator[Event[K, V]]):
             caps = transport.capabilities
             if self.from_beginning and not caps.replay_from_start:
                 raise CapabilityNotSupported(
-                    "from_beginning", "the broker keeps no history to replay",
-                    driver=type(transport).__name__, broker=app.url,
+                    "from_beginning",
+                    "the broker keeps no history to replay",
+                    driver=type(transport).__name__,
+                    broker=app.url,
                 )
             if self.topic.pattern is not None and not caps.patterns:
                 raise CapabilityNotSupported(
@@ -464,7 +495,8 @@ class EventStream(AsyncIterator[Event[K, V]]):
                 batch = await asyncio.wait_for(self._sub.receive(self.prefetch), timeout)
             except TimeoutError:
                 raise Timeout(
-                    f"no message on {self.topic.name!r} within {timeout}s", broker=self.topic.app.url
+                    f"no message on {self.topic.name!r} within {timeout}s",
+                    broker=self.topic.app.url,
                 ) from None
         self._buffer.extend(batch)
 
@@ -478,7 +510,9 @@ class EventStream(AsyncIterator[Event[K, V]]):
             headers["channels-error"] = str(exc).encode("utf-8", "replace")
             headers["channels-source-topic"] = message.topic.encode("utf-8")
             raw_value = message.value
-            dead = self.topic.app.topic(dlq, internal=True, value_serializer="raw", key_serializer="raw")
+            dead = self.topic.app.topic(
+                dlq, internal=True, value_serializer="raw", key_serializer="raw"
+            )
             await dead.maybe_declare()
             await dead.send(key=message.key, value=raw_value, headers=headers)
         log.warning("skipping undecodable message on %s: %s", message.topic, exc)
@@ -503,8 +537,10 @@ class EventStream(AsyncIterator[Event[K, V]]):
         caps = self.topic.app.transport_object.capabilities
         if requeue and not caps.redelivery_on_nack:
             raise CapabilityNotSupported(
-                "nack(requeue=True)", "unacked messages come back only after a reconnect",
-                driver=type(self.topic.app.transport_object).__name__, broker=self.topic.app.url,
+                "nack(requeue=True)",
+                "unacked messages come back only after a reconnect",
+                driver=type(self.topic.app.transport_object).__name__,
+                broker=self.topic.app.url,
             )
         await self._sub.nack([event.message], requeue)
 

@@ -56,9 +56,7 @@ class BrokerURL:
         """Every host with its port, the default filled in."""
         return [(h, p if p is not None else default_port) for h, p in self.hosts]
 
-    def option(
-        self, name: str, default: T, convert: Callable[[str], T] | None = None
-    ) -> T:
+    def option(self, name: str, default: T, convert: Callable[[str], T] | None = None) -> T:
         """Return query option ``name`` converted like ``default`` (or with ``convert``)."""
         if name not in self.query:
             return default
@@ -102,7 +100,8 @@ class BrokerURL:
                 auth += ":" + password
             auth += "@"
         hosts = ",".join(
-            (f"[{h}]" if ":" in h else h) + (f":{p}" if p is not None else "") for h, p in self.hosts
+            (f"[{h}]" if ":" in h else h) + (f":{p}" if p is not None else "")
+            for h, p in self.hosts
         )
         return auth + hosts
 
@@ -196,7 +195,9 @@ def _parse_host(part: str, scheme: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
-_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@")
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
+)
 
 
 def redact(value: Any) -> str:

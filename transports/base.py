@@ -142,7 +142,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription: ...
 
-    def validate_topic_name(self, name: str) -> None:
+    def validate_topic_name(self, name: str) -> None:  # noqa: B027 - optional hook
         """Raise ConfigurationError if ``name`` breaks this broker's rules.
 
         The portable layer already refused empty names, control characters and names
@@ -163,7 +163,9 @@ class Transport(abc.ABC):
 
 @contextlib.contextmanager
 def translate_errors(
-    table: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]],
+    table: Sequence[
+        tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]
+    ],
     broker: BrokerURL,
     what: str = "",
 ) -> Iterator[None]:

@@ -131,9 +131,15 @@ class _Member(Subscription):
                     group.queued -= 1
                     seq = next(self.broker.seq)
                     delivered = Message(
-                        message.topic, message.value, message.key, dict(message.headers),
-                        message.partition, message.offset, message.timestamp,
-                        (group, seq), message.redelivered,
+                        message.topic,
+                        message.value,
+                        message.key,
+                        dict(message.headers),
+                        message.partition,
+                        message.offset,
+                        message.timestamp,
+                        (group, seq),
+                        message.redelivered,
                     )
                     group.inflight[seq] = (partition, message, self)
                     out.append(delivered)
@@ -197,7 +203,9 @@ class _Member(Subscription):
 
 def _requeue(settled: list[tuple[_Group, int, Message]]) -> None:
     """Put messages back at the head of their partitions, oldest first."""
-    settled.sort(key=lambda item: item[2].offset if isinstance(item[2].offset, int) else 0, reverse=True)
+    settled.sort(
+        key=lambda item: item[2].offset if isinstance(item[2].offset, int) else 0, reverse=True
+    )
     for group, partition, message in settled:
         message.redelivered = True
         group.pending[partition].appendleft(message)
