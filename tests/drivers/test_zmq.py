@@ -1,0 +1,329 @@
+"""The zmq driver and ``channels zmq-broker`` against a broker started by the test.
+
+Each test starts its own broker as a subprocess on ports 5563-5565 or 5566-5568 (the
+range 5560-5569 belongs to the zmq broker; 5560-5562 is the shared one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+import channels
+from channels.errors import ConnectionFailed, Timeout, TopicNotFound
+from transports._zmq_broker import ping
+
+PORT = 5563
+
+
+class Broker:
+    def __init__(self, bind: str, *extra: str) -> None:
+        self.bind = bind
+        self.extra = extra
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "channels", "zmq-broker", "--bind", self.bind, *self.extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        deadline = time.monotonic() + 15
+        while not ping(self.bind, timeout=0.5):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise RuntimeError(f"zmq broker did not start: {err}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@pytest.fixture
+def start_broker() -> Iterator[Callable[..., Broker]]:
+    started: list[Broker] = []
+
+    def start(*extra: str, bind: str = f"tcp://127.0.0.1:{PORT}") -> Broker:
+        broker = Broker(bind, *extra)
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop()
+
+
+@pytest.fixture
+def broker(start_broker: Callable[..., Broker]) -> Broker:
+    return start_broker("--member-timeout", "1")
+
+
+URL = f"zmq://127.0.0.1:{PORT}?heartbeat=0.2"
+
+
+def name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def app(broker: Broker) -> AsyncIterator[channels.App]:
+    async with channels.App(name("app"), broker=URL) as app:
+        yield app
+
+
+def raw_topic(app: channels.App, topic: str, **options: Any) -> Any:
+    options.setdefault("internal", True)
+    return app.topic(topic, key_serializer="raw", value_serializer="raw", **options)
+
+
+async def drain(stream: Any, count: int, timeout: float = 10) -> list[Any]:
+    out = []
+    for _ in range(count):
+        out.append(await asyncio.wait_for(stream.get(), timeout))
+    return out
+
+
+async def test_frames_round_trip(app: channels.App) -> None:
+    topic = raw_topic(app, name())
+    await topic.declare()
+    headers = {"bin": bytes(range(256)), "empty": b"", "text": "é".encode()}
+    md = await topic.send(key=b"\x00k", value=b"\xff\x00v", headers=headers)
+    assert md.offset == 0 and md.timestamp
+    await topic.send(key=None, value=None)
+    await topic.send(key=b"", value=b"")
+    async with topic.events() as stream:
+        first, second, third = await drain(stream, 3)
+    assert (first.key, first.value, first.headers) == (b"\x00k", b"\xff\x00v", headers)
+    assert (second.key, second.value, second.headers) == (None, None, {})
+    assert (third.key, third.value) == (b"", b"")
+    assert [e.message.offset for e in (first, second, third)] == [0, 1, 2]
+
+
+async def test_declare_keeps_messages_for_group_and_source_topic_check(
+    app: channels.App,
+) -> None:
+    topic = raw_topic(app, name())
+    await topic.declare()
+    await topic.send(value=b"early")
+    async with topic.events() as stream:
+        (event,) = await drain(stream, 1)
+    assert event.value == b"early"
+    with pytest.raises(TopicNotFound):
+        await raw_topic(app, name(), internal=False).declare()
+    # a topic the broker knows can be declared as a source
+    await raw_topic(app, topic.name, internal=False).declare()
+
+
+async def test_group_shares_and_groups_fan_out(broker: Broker) -> None:
+    topic_name = name()
+    async with (
+        channels.App("g1", broker=URL) as a1,
+        channels.App("g1", broker=URL) as a2,
+        channels.App("g2", broker=URL) as b,
+    ):
+        t1, t2, tb = (
+            raw_topic(x, topic_name, group=g) for x, g in ((a1, "g1"), (a2, "g1"), (b, "g2"))
+        )
+        async with t1.events() as s1, t2.events() as s2, tb.events() as sb:
+            n = 200
+            for i in range(n):
+                t1.send_soon(key=str(i % 20).encode(), value=str(i).encode())
+            await a1.producer.flush()
+            got_b = await drain(sb, n)
+            assert sorted(int(e.value) for e in got_b) == list(range(n))
+            got1: list[Any] = []
+            got2: list[Any] = []
+
+            done = asyncio.Event()
+
+            async def take(stream: Any, into: list[Any]) -> None:
+                while True:
+                    into.append(await stream.get())
+                    if len(got1) + len(got2) >= n:
+                        done.set()
+
+            tasks = [asyncio.create_task(take(s1, got1)), asyncio.create_task(take(s2, got2))]
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 10)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    assert len(got1) + len(got2) == n
+    assert got1 and got2, "both members of the group get a share"
+    assert {e.value for e in got1}.isdisjoint({e.value for e in got2})
+    for got in (got1, got2):
+        per_key: dict[bytes, list[int]] = {}
+        for e in got:
+            per_key.setdefault(e.key, []).append(int(e.value))
+        for values in per_key.values():
+            assert values == sorted(values)
+    assert {e.key for e in got1}.isdisjoint({e.key for e in got2}), "a key sticks to a member"
+
+
+async def test_nack_and_leaving_redeliver(app: channels.App) -> None:
+    topic = raw_topic(app, name())
+    await topic.declare()
+    await topic.send(value=b"x")
+    async with topic.events(acks="manual") as stream:
+        (event,) = await drain(stream, 1)
+        assert not event.message.redelivered
+        await event.nack()
+        (again,) = await drain(stream, 1)
+        assert again.value == b"x" and again.message.redelivered
+    # left without acking: the next member gets it
+    async with topic.events(acks="manual") as stream:
+        (third,) = await drain(stream, 1)
+        assert third.value == b"x" and third.message.redelivered
+        await third.ack()
+    async with topic.events(acks="manual") as stream:
+        with pytest.raises(Timeout):
+            await stream.get(timeout=0.5)
+
+
+async def test_credit_limits_unacked_messages(app: channels.App) -> None:
+    topic = raw_topic(app, name())
+    await topic.declare()
+    for i in range(5):
+        await topic.send(value=str(i).encode())
+    stream = topic.events(acks="manual", prefetch=2)
+    async with stream:
+        sub = stream._sub
+        assert sub is not None
+        first = await asyncio.wait_for(sub.receive(10), 5)
+        await asyncio.sleep(0.3)  # give the broker the chance to (wrongly) send more
+        assert len(first) + len(sub.buffer) == 2
+        await sub.ack(first)
+        more = await asyncio.wait_for(sub.receive(10), 5)
+        assert [m.value for m in first + more][:3] == [b"0", b"1", b"2"]
+
+
+async def test_full_group_makes_publishers_wait(start_broker: Callable[..., Broker]) -> None:
+    start_broker("--max-queued", "3")
+    async with channels.App(name("app"), broker=URL + "&publish_timeout=0.5", retries=0) as app:
+        topic = raw_topic(app, name())
+        await topic.declare()
+        for i in range(3):
+            await topic.send(value=str(i).encode())
+        with pytest.raises(Timeout):
+            await topic.send(value=b"3")  # parked by the broker, not dropped
+        async with topic.events() as stream:
+            got = [e.value for e in await drain(stream, 4)]
+        assert got == [b"0", b"1", b"2", b"3"]
+
+
+async def test_silent_member_times_out_and_its_messages_come_back(broker: Broker) -> None:
+    topic_name = name()
+    async with channels.App("grp", broker=URL) as app:
+        topic = raw_topic(app, topic_name, group="grp")
+        await topic.declare()
+        await topic.send(value=b"held")
+        # a raw client takes the message and then goes silent
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(f"tcp://127.0.0.1:{PORT}")
+        sock.send_multipart([b"SUB", b"1", b"s1", b"grp", b"10", b"", topic_name.encode()])
+        assert sock.poll(5000) and sock.recv_multipart()[0] == b"OK"
+        assert sock.poll(5000) and sock.recv_multipart()[0] == b"MSG"
+        try:
+            async with topic.events() as stream:
+                (event,) = await drain(stream, 1, timeout=10)
+            assert event.value == b"held" and event.message.redelivered
+        finally:
+            sock.close()
+            ctx.term()
+
+
+async def test_pattern_subscription(app: channels.App) -> None:
+    prefix = name("p")
+    stream = app.topic(pattern=rf"{prefix}\..*", value_serializer="raw").events()
+    async with stream:
+        await raw_topic(app, f"{prefix}.a").send(value=b"a")
+        await raw_topic(app, f"{prefix}.b").send(value=b"b")
+        await raw_topic(app, f"{prefix}x").send(value=b"no")
+        got = sorted(e.value for e in await drain(stream, 2))
+        assert got == [b"a", b"b"]
+        with pytest.raises(Timeout):
+            await stream.get(timeout=0.3)
+
+
+async def test_ipc_scheme(start_broker: Callable[..., Broker], tmp_path: Path) -> None:
+    path = tmp_path / "broker.sock"
+    start_broker(bind=f"ipc://{path}")
+    async with channels.App(name("app"), broker=f"zmq+ipc://{path}") as app:
+        topic = raw_topic(app, name())
+        await topic.declare()
+        await topic.send(key=b"k", value=b"v")
+        async with topic.events() as stream:
+            (event,) = await drain(stream, 1)
+        assert (event.key, event.value) == (b"k", b"v")
+
+
+async def test_no_broker_fails_fast() -> None:
+    app = channels.App(name("app"), broker="zmq://127.0.0.1:5569?connect_timeout=0.5")
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed):
+        await app.start()
+    assert time.monotonic() - started < 3
+
+
+async def test_close_is_bounded_and_counts_unconfirmed(broker: Broker) -> None:
+    app = channels.App(name("app"), broker=URL + "&publish_timeout=30&linger=0.2", retries=0)
+    await app.start()
+    topic = raw_topic(app, name())
+    await topic.declare()
+    broker.stop(signal.SIGKILL)
+    transport = app.transport
+    sending = asyncio.create_task(transport.publish([channels.Message(topic.name, b"lost")]))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    await asyncio.wait_for(transport.close(), 15)
+    assert time.monotonic() - started < 10
+    assert transport.undelivered == 1  # type: ignore[attr-defined]
+    sending.cancel()
+    await asyncio.gather(sending, return_exceptions=True)
+
+
+async def test_members_join_again_after_broker_restart(broker: Broker) -> None:
+    async with channels.App(name("app"), broker=URL) as app:
+        topic = raw_topic(app, name())
+        await topic.declare()
+        async with topic.events() as stream:
+            await topic.send(value=b"before")
+            (event,) = await drain(stream, 1)
+            assert event.value == b"before"
+            broker.stop()
+            broker.start()
+            deadline = time.monotonic() + 15
+            got = None
+            while got is None and time.monotonic() < deadline:
+                # until the heartbeat has rejoined, the broker has no group for the topic
+                await topic.send(value=b"after")
+                try:
+                    got = await stream.get(timeout=0.5)
+                except Timeout:
+                    continue
+            assert got is not None and got.value == b"after"
+
+
+if os.environ.get("CHANNELS_SKIP_ZMQ"):
+    pytestmark = pytest.mark.skip("CHANNELS_SKIP_ZMQ is set")
