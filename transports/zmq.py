@@ -235,6 +235,10 @@ class ZmqTransport(Transport):
         self._tasks: list[asyncio.Task[None]] = []
         self._send_lock = asyncio.Lock()
         self._epoch: bytes | None = None
+        self._poke = asyncio.Event()
+        self._monitor: zmq.asyncio.Socket | None = None
+        #: (topic, group) pairs declared, declared again when the broker restarted
+        self._declared: set[tuple[bytes, bytes]] = set()
         self.undelivered = 0
 
     @property
@@ -318,9 +322,20 @@ class ZmqTransport(Transport):
             except Exception:  # a malformed frame must not stop the reader
                 log.exception("malformed frames from the zmq broker at %s", self.url)
 
+    async def _watch_connections(self, monitor: zmq.asyncio.Socket) -> None:
+        """Ping at once when the connection to the broker is (re)established."""
+        while True:
+            try:
+                await monitor.recv_multipart()
+            except (zmq.ZMQError, asyncio.CancelledError):
+                return
+            self._poke.set()
+
     async def _heartbeat(self) -> None:
         while True:
-            await asyncio.sleep(self.heartbeat)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._poke.wait(), self.heartbeat)
+            self._poke.clear()
             active = [sub_id for sub_id, sub in self._subs.items() if not sub.closed]
             try:
                 reply = await self._request(b"PING", *active, timeout=max(3 * self.heartbeat, 1.0))
@@ -329,7 +344,12 @@ class ZmqTransport(Transport):
                 continue
             epoch, missing = reply[0], reply[1:]
             if self._epoch is not None and epoch != self._epoch:
-                log.warning("zmq broker %s restarted: joining groups again", self.url)
+                log.warning("zmq broker %s restarted: declaring and joining again", self.url)
+                for name, group in list(self._declared):
+                    try:
+                        await self._request(b"DECLARE", name, group, b"1")
+                    except ChannelsError as exc:
+                        log.warning("declaring %r again failed: %s", name, exc)
             self._epoch = epoch
             for sub_id in missing:
                 sub = self._subs.get(sub_id)
@@ -379,7 +399,12 @@ class ZmqTransport(Transport):
                 broker=self.url,
             ) from exc
         self._epoch = reply[0]
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        self._monitor = monitor
         self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"zmq-heartbeat {self.url}"))
+        self._tasks.append(
+            asyncio.create_task(self._watch_connections(monitor), name=f"zmq-monitor {self.url}")
+        )
 
     async def close(self) -> None:
         if self._socket is None:
@@ -410,18 +435,20 @@ class ZmqTransport(Transport):
                 future.set_exception(ClosedError("zmq transport closed", broker=self.url))
                 future.exception()  # retrieved: nobody else may look
         self._pending.clear()
+        if self._monitor is not None:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.disable_monitor()
+            self._monitor.close(linger=0)
+            self._monitor = None
         sock.close(linger=int(self.linger * 1000))
         if ctx is not None:
             # LINGER bounds term(): unsent frames are dropped after ``linger`` seconds.
             await asyncio.to_thread(ctx.term)
 
     async def declare(self, topic: TopicSpec, group: str | None = None) -> None:
-        await self._request(
-            b"DECLARE",
-            topic.name.encode("utf-8"),
-            (group or "").encode("utf-8"),
-            b"1" if topic.internal else b"0",
-        )
+        name, group_name = topic.name.encode("utf-8"), (group or "").encode("utf-8")
+        await self._request(b"DECLARE", name, group_name, b"1" if topic.internal else b"0")
+        self._declared.add((name, group_name))
 
     async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata]:
         if self._socket is None:

@@ -327,3 +327,21 @@ async def test_members_join_again_after_broker_restart(broker: Broker) -> None:
 
 if os.environ.get("CHANNELS_SKIP_ZMQ"):
     pytestmark = pytest.mark.skip("CHANNELS_SKIP_ZMQ is set")
+
+
+async def test_declared_groups_are_declared_again_after_broker_restart(broker: Broker) -> None:
+    async with channels.App(name("app"), broker=URL) as app:
+        topic = raw_topic(app, name())
+        await topic.declare()
+        transport = app.transport
+        epoch = transport._epoch  # type: ignore[attr-defined]
+        broker.stop()
+        broker.start()
+        deadline = time.monotonic() + 10
+        while transport._epoch == epoch:  # type: ignore[attr-defined]
+            assert time.monotonic() < deadline, "the driver did not notice the restart"
+            await asyncio.sleep(0.05)
+        await topic.send(value=b"after restart")
+        async with topic.events() as stream:
+            (event,) = await drain(stream, 1)
+        assert event.value == b"after restart"
