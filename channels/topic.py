@@ -186,7 +186,7 @@ class Topic(Channel[K, V]):
         if not self.names:
             raise ConfigurationError("cannot send to a pattern topic; name the topic")
         target = topic or self.names[0]
-        transport = self.app.transport_object
+        transport = self.app.transport
         caps = transport.capabilities
         key_codec = (
             self._key_codec

@@ -142,7 +142,7 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
     text = url.strip()
     if "://" not in text:
         raise ConfigurationError(
-            f"broker URL {redact(text)!r} has no scheme; expected e.g. memory:// or kafka://host:9092"
+            f"broker URL {_redact_text(text)!r} has no scheme; expected e.g. memory:// or kafka://host:9092"
         )
     scheme, rest = text.split("://", 1)
     scheme = scheme.lower()
@@ -196,7 +196,7 @@ def _parse_host(part: str, scheme: str) -> tuple[str, int | None]:
 
 
 _USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)?(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
 )
 
 
@@ -208,4 +208,8 @@ def redact(value: Any) -> str:
     try:
         return parse_url(text).redacted()
     except ConfigurationError:
-        return _USERINFO.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+        return _redact_text(text)
+
+
+def _redact_text(text: str) -> str:
+    return _USERINFO.sub(lambda m: f"{m['scheme'] or ''}{m['user']}:***@", text)
