@@ -1,0 +1,3 @@
+from tests.cli.helpers import background
+
+__all__ = ["background"]
