@@ -211,9 +211,12 @@ async def test_credit_limits_unacked_messages(app: channels.App) -> None:
         first = await asyncio.wait_for(sub.receive(10), 5)
         await asyncio.sleep(0.3)  # give the broker the chance to (wrongly) send more
         assert len(first) + len(sub.buffer) == 2
-        await sub.ack(first)
-        more = await asyncio.wait_for(sub.receive(10), 5)
-        assert [m.value for m in first + more][:3] == [b"0", b"1", b"2"]
+        got = first + await asyncio.wait_for(sub.receive(10), 5) if len(first) < 2 else first
+        assert len(got) == 2
+        while len(got) < 5:
+            await sub.ack(got[-2:])
+            got += await asyncio.wait_for(sub.receive(10), 5)
+        assert [m.value for m in got] == [b"0", b"1", b"2", b"3", b"4"]
 
 
 async def test_full_group_makes_publishers_wait(start_broker: Callable[..., Broker]) -> None:
