@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import weakref
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from channels.channel import Channel
 from channels.errors import (
@@ -32,6 +33,14 @@ __all__ = ["DEFAULT_BROKER", "App"]
 log = logging.getLogger("channels.app")
 
 DEFAULT_BROKER = "memory://"
+
+T = TypeVar("T")
+
+
+def _cancel_if_running(task: asyncio.Task[Any]) -> None:
+    if not task.done():
+        log.error("grace period over: cancelling the handlers still running")
+        task.cancel()
 
 
 class App:
@@ -69,6 +78,7 @@ class App:
         self._streams: weakref.WeakSet[EventStream[Any, Any]] = weakref.WeakSet()
         self._state = "new"
         self._lock: asyncio.Lock | None = None
+        self._shutdown_event: asyncio.Event | None = None
         self.undelivered = 0
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -173,6 +183,74 @@ class App:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    # -- graceful shutdown ---------------------------------------------------------------
+
+    @property
+    def shutting_down(self) -> bool:
+        """True once :meth:`request_shutdown` was called: streams stop fetching."""
+        return self._shutdown_event is not None and self._shutdown_event.is_set()
+
+    def request_shutdown(self) -> None:
+        """Stop fetching: every stream ends after the event being handled (acked if the
+        handler finished). Pending sends are flushed when the app stops."""
+        if self._shutdown_event is None:
+            self._shutdown_event = asyncio.Event()
+        self._shutdown_event.set()
+
+    def install_signal_handlers(
+        self, task: asyncio.Task[Any] | None = None, grace: float = 10.0
+    ) -> Callable[[], None]:
+        """On SIGTERM or SIGINT: request a shutdown, and cancel ``task`` if it has not
+        finished ``grace`` seconds later (or at a second signal). Returns a function that
+        removes the handlers."""
+        loop = asyncio.get_running_loop()
+        if self._shutdown_event is None:
+            self._shutdown_event = asyncio.Event()
+        signals = (signal.SIGTERM, signal.SIGINT)
+
+        def on_signal(signum: int) -> None:
+            if self.shutting_down:
+                log.warning("second %s: cancelling now", signal.Signals(signum).name)
+                if task is not None:
+                    task.cancel()
+                return
+            log.warning(
+                "%s: stopping; in-flight handlers have %.0fs to finish",
+                signal.Signals(signum).name,
+                grace,
+            )
+            self.request_shutdown()
+            if task is not None:
+                loop.call_later(grace, _cancel_if_running, task)
+
+        for signum in signals:
+            loop.add_signal_handler(signum, on_signal, signum)
+
+        def remove() -> None:
+            for signum in signals:
+                loop.remove_signal_handler(signum)
+
+        return remove
+
+    def run(self, main: Callable[[], Awaitable[T]], *, grace: float = 10.0) -> T:
+        """Start the app, run ``main()`` with SIGTERM/SIGINT handled, then stop.
+
+        On a signal, streams stop fetching, ``main`` gets ``grace`` seconds to finish its
+        in-flight work, pending sends are flushed and acks committed; what could not be
+        delivered is logged (and kept in :attr:`undelivered`).
+        """
+
+        async def runner() -> T:
+            async with self:
+                task = asyncio.ensure_future(main())
+                remove = self.install_signal_handlers(task, grace)
+                try:
+                    return await task
+                finally:
+                    remove()
+
+        return asyncio.run(runner())
 
     # -- factories -----------------------------------------------------------------------
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Coroutine, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -375,6 +376,30 @@ def encode_headers(headers: Mapping[str, str | bytes] | None) -> dict[str, bytes
     return out
 
 
+async def _first_or_nothing(
+    receive: Coroutine[Any, Any, list[Message]], stop: asyncio.Event, timeout: float | None
+) -> list[Message]:
+    """Run ``receive`` until it returns or ``stop`` is set (then cancel it: receive is
+    cancel-safe, so nothing is lost)."""
+    task = asyncio.ensure_future(receive)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if task in done:
+        return task.result()
+    if stopper in done:
+        return []
+    raise TimeoutError
+
+
 def _copy_outcome(src: asyncio.Future[RecordMetadata], dst: FutureMessage[Any, Any]) -> None:
     if src.cancelled():
         dst.future.cancel()
@@ -470,8 +495,14 @@ class EventStream(AsyncIterator[Event[K, V]]):
         while True:
             if self._closed:
                 raise ClosedError(f"stream on {self.topic.name!r} is closed")
+            if self.topic.app.shutting_down:
+                await self.close(clean=True)
+                raise ClosedError(
+                    f"stream on {self.topic.name!r} is closed: the app is shutting down"
+                )
             if not self._buffer:
                 await self._fill(timeout)
+                continue
             message = self._buffer.popleft()
             try:
                 event = self.topic.decode(message)
@@ -487,17 +518,20 @@ class EventStream(AsyncIterator[Event[K, V]]):
             return event
 
     async def _fill(self, timeout: float | None) -> None:
+        """Wait for the next batch; returns early (empty) when the app starts shutting down."""
         assert self._sub is not None
-        if timeout is None:
-            batch = await self._sub.receive(self.prefetch)
-        else:
-            try:
-                batch = await asyncio.wait_for(self._sub.receive(self.prefetch), timeout)
-            except TimeoutError:
-                raise Timeout(
-                    f"no message on {self.topic.name!r} within {timeout}s",
-                    broker=self.topic.app.url,
-                ) from None
+        receive = self._sub.receive(self.prefetch)
+        shutdown = self.topic.app._shutdown_event
+        try:
+            if shutdown is None:
+                batch = await asyncio.wait_for(receive, timeout)
+            else:
+                batch = await _first_or_nothing(receive, shutdown, timeout)
+        except TimeoutError:
+            raise Timeout(
+                f"no message on {self.topic.name!r} within {timeout}s",
+                broker=self.topic.app.url,
+            ) from None
         self._buffer.extend(batch)
 
     async def _handle_decode_error(self, exc: DecodeError, message: Message) -> bool:

@@ -196,7 +196,7 @@ def _parse_host(part: str, scheme: str) -> tuple[str, int | None]:
 
 
 _USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)?(?P<user>[^:@/\s]*):(?P<pw>[^@/\s]*)@"
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)?(?P<user>[^:@/\s]*):(?P<pw>[^@/]*)@"
 )
 
 

@@ -185,9 +185,7 @@ async def test_lifecycle_errors() -> None:
         await topic.send(value=b"x")
     with pytest.raises(ClosedError):
         await app.start()
-    with pytest.raises(
-        ConfigurationError, match="unknown broker scheme"
-    ):
+    with pytest.raises(ConfigurationError, match="unknown broker scheme"):
         channels.App("x", broker="nosuch://h")
     with pytest.raises(ConfigurationError):
         channels.App("x", broker="memory://?bogus=1")
