@@ -258,7 +258,10 @@ class ZmqBroker:
                             frames = self.intake.recv_multipart(zmq.NOBLOCK)
                         except zmq.Again:
                             break
-                        self._handle_foreign(frames)
+                        try:
+                            self._handle_foreign(frames)
+                        except Exception:
+                            log.exception("intake: handling a foreign message failed")
                 if self.xpub in events:
                     for _ in range(1000):
                         try:
@@ -326,6 +329,10 @@ class ZmqBroker:
             log.warning("bad request %r from %s: %s", command[:32], identity.hex(), exc)
             if command not in (b"ACK", b"NACK") and args:
                 self._reply(identity, b"ERR", args[0], b"protocol", str(exc).encode()[:200])
+        except Exception:  # a bug must not take the broker down with every queue in it
+            log.exception("handling %r from %s failed", command[:32], identity.hex())
+            if command not in (b"ACK", b"NACK") and args:
+                self._reply(identity, b"ERR", args[0], b"internal", b"broker error, see its log")
 
     def _topic(self, name: str) -> _Topic:
         topic = self.topics.get(name)

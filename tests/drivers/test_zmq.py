@@ -348,3 +348,12 @@ async def test_declared_groups_are_declared_again_after_broker_restart(broker: B
         async with topic.events() as stream:
             (event,) = await drain(stream, 1)
         assert event.value == b"after restart"
+
+
+def test_cli_ping(broker: Broker) -> None:
+    def ping_cli(url: str) -> int:
+        cmd = [sys.executable, "-m", "channels", "zmq-broker", "--ping", url]
+        return subprocess.run(cmd, capture_output=True, timeout=30).returncode
+
+    assert ping_cli(f"zmq://127.0.0.1:{PORT}") == 0
+    assert ping_cli("zmq://127.0.0.1:5569") == 1
