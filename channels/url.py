@@ -190,7 +190,7 @@ def _parse_host(part: str, scheme: str) -> tuple[str, int | None]:
         raise ConfigurationError(f"invalid host {host!r} in {scheme}:// URL")
     if not port_text:
         return host, None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
         raise ConfigurationError(f"invalid port {port_text!r} in {scheme}:// URL")
     return host, int(port_text)
 
