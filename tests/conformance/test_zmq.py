@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import os
 
-from channels.testing.harness import Harness
-from channels.testing.suite import conformance_suite
+from channels.testing import Harness, conformance_suite
 
 TestZmqConformance = conformance_suite(
     Harness(
