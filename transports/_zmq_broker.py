@@ -46,7 +46,7 @@ answered ``[b"OK" | b"ERR", request_id, ...]``:
 * ``HELLO`` -> ``OK epoch``; ``PING *sub_ids`` -> ``OK epoch *missing_sub_ids`` (the
   subscriptions the broker does not know, after a restart or a timeout: the driver
   subscribes them again);
-* ``DECLARE topic group internal`` -> ``OK`` or ``ERR notfound text``;
+* ``DECLARE topic group internal`` -> ``OK`` or ``ERR notfound topic``;
 * ``PUB *message`` -> ``OK sequence timestamp`` once routed (or ``ERR busy|toolarge``);
 * ``SUB sub_id group prefetch pattern *topics`` / ``UNSUB sub_id`` -> ``OK``;
 * one-way ``ACK sub_id seqs`` and ``NACK sub_id requeue seqs`` (seqs packed ``!q``).
@@ -222,6 +222,8 @@ class ZmqBroker:
             (self.xpub, self.fanout_binds),
             (self.intake, self.intake_binds),
         ):
+            if any(e.startswith("tcp://[") for e in endpoints):
+                sock.setsockopt(zmq.IPV6, 1)
             for endpoint in endpoints:
                 sock.bind(endpoint)
 
@@ -348,9 +350,7 @@ class ZmqBroker:
         group = args[1].decode()
         internal = args[2] == b"1"
         if not internal and name not in self.topics:
-            self._reply(
-                identity, b"ERR", req, b"notfound", f"topic {name!r} does not exist".encode()
-            )
+            self._reply(identity, b"ERR", req, b"notfound", args[0])
             return
         topic = self._topic(name)
         if group:

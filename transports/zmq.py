@@ -385,6 +385,8 @@ class ZmqTransport(Transport):
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+        if self.endpoint.startswith("tcp://["):
+            sock.setsockopt(zmq.IPV6, 1)
         with self._map("connect"):
             sock.connect(self.endpoint)
         self._socket = sock
@@ -496,8 +498,7 @@ class ZmqTransport(Transport):
 
 def _broker_error(code: bytes, text: str, transport: ZmqTransport) -> ChannelsError:
     if code == b"notfound":
-        name = text.split("'")[1] if text.count("'") >= 2 else text
-        return TopicNotFound(name, broker=transport.url)
+        return TopicNotFound(text, broker=transport.url)
     if code == b"toolarge":
         limit = int(text) if text.isdigit() else 0
         return MessageTooLarge(0, limit, broker=transport.url)
