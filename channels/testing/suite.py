@@ -225,7 +225,7 @@ class Context:
         if not tally.complete or (until is not None and not until()):
             prefix = f"{what}: " if what else ""
             raise AssertionError(
-                f"{prefix}not everything arrived within {limit:.1f}s: {tally.summary()}"
+                f"{prefix}messages lost (nothing more arrived in {limit:.1f}s): {tally.summary()}"
             )
 
     async def collect_members(
@@ -261,8 +261,8 @@ class Context:
         if not done:
             prefix = f"{what}: " if what else ""
             raise AssertionError(
-                f"{prefix}not everything arrived within {self.t(seconds):.1f}s "
-                f"(per member {counts}): {tally.summary()}"
+                f"{prefix}messages lost (nothing more arrived within {self.t(seconds):.1f}s; "
+                f"per member {counts}): {tally.summary()}"
             )
         return counts
 
@@ -644,7 +644,7 @@ async def per_key_ordering(c: Context) -> None:
     app = await c.app()
     topic = app.topic(c.topic_name(), internal=True, group=c.group_name(), partitions=6)
     streams = [await c.stream(topic, prefetch=10) for _ in range(3)]
-    tally = Tally()
+    tally = Tally(ordered=True)
     order: list[str] = []
     for seq in range(25):
         for k in range(20):

@@ -23,11 +23,15 @@ class Tally:
 
     Ids are expected in send order; ``lane`` groups ids whose order matters together (a
     key, for per-key ordering): a new id arriving after a later id of its lane counts as
-    out of order. ``summary()`` reads like
+    out of order (reported when ``ordered``). ``summary()`` reads like
     ``sent 1000, received 998 unique, lost 2 (ids 17, 801), duplicates 3, out of order 0``.
     """
 
-    def __init__(self, ids: Iterable[str] = (), *, lane: Hashable = None) -> None:
+    def __init__(
+        self, ids: Iterable[str] = (), *, lane: Hashable = None, ordered: bool = False
+    ) -> None:
+        #: report reordering in the summary (set when the case promises an order)
+        self.ordered = ordered
         self._index: dict[str, tuple[Hashable, int]] = {}
         self._lane_len: dict[Hashable, int] = {}
         self.expected: list[str] = []
@@ -115,9 +119,10 @@ class Tally:
         text += f", duplicates {self.duplicates}"
         if self.duplicates:
             text += f" (ids {_ids(self.duplicate_ids)})"
-        text += f", out of order {self.out_of_order}"
-        if self.out_of_order:
-            text += f" (ids {_ids(self.out_of_order_ids)})"
+        if self.ordered:
+            text += f", out of order {self.out_of_order}"
+            if self.out_of_order:
+                text += f" (ids {_ids(self.out_of_order_ids)})"
         if self.unexpected:
             text += f", unexpected {len(self.unexpected)} (ids {_ids(self.unexpected)})"
         return text
@@ -136,7 +141,7 @@ class Tally:
             problems.append("messages lost")
         if self.duplicates and not duplicates_allowed:
             problems.append("duplicates on a driver that promises exactly-once delivery")
-        if ordered and self.out_of_order:
+        if (ordered or self.ordered) and self.out_of_order:
             problems.append("messages out of order")
         if self.unexpected and not unexpected_allowed:
             problems.append("messages that were not sent here arrived")
