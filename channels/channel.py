@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import weakref
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -45,8 +44,9 @@ class Channel(Generic[K, V]):
         self.maxsize = maxsize
         self._queue: asyncio.Queue[Event[K, V]] | None = None
         self._root: Channel[Any, Any] = _root if _root is not None else self
-        self._subscribers: weakref.WeakSet[Channel[Any, Any]] = weakref.WeakSet()
-        self._root._subscribers.add(self)
+        self._subscribers: list[Channel[Any, Any]] = []
+        self._root._subscribers.append(self)
+        self._label = f"channel-{id(self._root):x}"
         self._declared = False
         self._declare_lock: asyncio.Lock | None = None
         self._offset = 0
@@ -62,7 +62,7 @@ class Channel(Generic[K, V]):
 
     @property
     def label(self) -> str:
-        return f"channel-{id(self._root):x}"
+        return self._label
 
     def empty(self) -> bool:
         return self._queue is None or self._queue.empty()
@@ -105,13 +105,22 @@ class Channel(Generic[K, V]):
         offset = root._offset
         root._offset += 1
         ts = timestamp if timestamp is not None else time.time()
-        raw_headers = {
-            k: v.encode("utf-8") if isinstance(v, str) else v for k, v in (headers or {}).items()
-        }
-        for sub in list(root._subscribers):
-            message = Message(self.label, None, None, dict(raw_headers), 0, offset, ts)
-            await sub.queue.put(Event(key, value, message))
-        return RecordMetadata(self.label, 0, offset, ts)
+        raw_headers = (
+            {k: v.encode("utf-8") if isinstance(v, str) else v for k, v in headers.items()}
+            if headers
+            else None
+        )
+        label = self.label
+        for sub in root._subscribers:
+            message = Message(
+                label, None, None, dict(raw_headers) if raw_headers else {}, 0, offset, ts
+            )
+            queue = sub.queue
+            if queue.full():
+                await queue.put(Event(key, value, message))
+            else:
+                queue.put_nowait(Event(key, value, message))
+        return RecordMetadata(label, 0, offset, ts)
 
     def as_future_message(
         self,
@@ -196,8 +205,11 @@ class Channel(Generic[K, V]):
     async def get(self, *, timeout: float | None = None) -> Event[K, V]:
         """The next event; raise ``channels.errors.Timeout`` after ``timeout`` seconds."""
         self._check_open()
+        queue = self.queue
+        if not queue.empty():
+            return queue.get_nowait()
         if timeout is None:
-            return await self.queue.get()
+            return await queue.get()
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:

@@ -223,23 +223,31 @@ def get_codec(name: CodecArg) -> Codec:
 
 
 def dumps(codec: CodecArg, obj: Any) -> bytes:
+    return _dumps(get_codec(codec), obj, codec)
+
+
+def loads(codec: CodecArg, data: bytes) -> Any:
+    return _loads(get_codec(codec), data, codec)
+
+
+def _dumps(codec: Codec, obj: Any, label: CodecArg) -> bytes:
     try:
-        return get_codec(codec).dumps(obj)
+        return codec.dumps(obj)
     except (EncodeError, ConfigurationError):
         raise
     except Exception as exc:
         raise EncodeError(
-            f"cannot serialize {type(obj).__name__} with {_name(codec)}: {exc}"
+            f"cannot serialize {type(obj).__name__} with {_name(label)}: {exc}"
         ) from exc
 
 
-def loads(codec: CodecArg, data: bytes) -> Any:
+def _loads(codec: Codec, data: bytes, label: CodecArg) -> Any:
     try:
-        return get_codec(codec).loads(data)
+        return codec.loads(data)
     except (DecodeError, ConfigurationError):
         raise
     except Exception as exc:
-        raise DecodeError(f"cannot decode with {_name(codec)}: {exc}") from exc
+        raise DecodeError(f"cannot decode with {_name(label)}: {exc}") from exc
 
 
 def _name(codec: CodecArg) -> str:
@@ -290,12 +298,12 @@ class TypedCodec:
             raise EncodeError(
                 f"cannot convert {type(obj).__name__} for serialization: {exc}"
             ) from exc
-        return dumps(self.codec, data)
+        return _dumps(self.codec, data, self.serializer)
 
     def loads(self, data: bytes | None) -> Any:
         if data is None:
             return None
-        obj = loads(self.codec, data)
+        obj = _loads(self.codec, data, self.serializer)
         try:
             return self._from_data(obj)
         except Exception as exc:

@@ -1,0 +1,1 @@
+"""Side-by-side benchmarks: this library's API against raw clients and peers."""
