@@ -510,7 +510,11 @@ class _KafkaSubscription(Subscription):
             # their beginning: every message in them came after this subscription.
             reset = "earliest"
             if not spec.from_beginning:
-                existing = [t for t in await self.transport._list_topics() if self.pattern.match(t)]
+                existing = [
+                    t
+                    for t in await self.transport._list_topics()
+                    if self.pattern.match(t) and not t.startswith("__")  # Kafka's own topics
+                ]
                 if existing:
                     await self.transport._init_group_offsets(existing, spec.group)
         consumer = AIOKafkaConsumer(
@@ -752,12 +756,16 @@ class _KafkaSubscription(Subscription):
         self.baseline_needed.clear()
         todo = [tp for tp, st in self.states.items() if not st.baselined]
         for tp in todo:
-            if tp not in consumer.assignment():
-                continue
             state = self.states.get(tp)
-            if state is None:
+            if state is None or tp not in consumer.assignment():
                 continue
-            position = await asyncio.wait_for(consumer.position(tp), self.commit_timeout)
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), self.commit_timeout)
+            except (TimeoutError, kerr.KafkaError) as exc:
+                # Revoked meanwhile, or the broker is away: try again on the next round.
+                log.debug("no start position for %s yet: %r", tp, exc)
+                self.baseline_needed.set()
+                continue
             if self.states.get(tp) is not state:
                 continue
             if state.commit is None and not state.delivered:
