@@ -1,0 +1,399 @@
+"""Tests of what is particular to the two MQTT drivers (``mqtt://`` aiomqtt, ``gmqtt://``).
+
+Shared semantics are proven by the conformance suite; here: the shared MQTT rules (URL
+options, redaction, topic names, property mapping, pattern filters, the in-order ack queue)
+without a broker, and against the real Mosquitto of scripts/brokers, for both drivers:
+properties fidelity, publish-after-declare (the anchor session), PUBACK held back until
+every earlier message was acked, redelivery to a restarted member, competing members and
+groups, patterns, MQTT 3.1.1 with the envelope, QoS 0 and 2, and a broker restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from channels import App
+from channels.errors import CapabilityNotSupported, ConfigurationError, Timeout
+from channels.events import Message
+from channels.url import parse_url
+from transports._mqtt_common import (
+    AckQueue,
+    decode_properties,
+    encode_properties,
+    pattern_filter,
+    validate_topic_name,
+)
+from transports.gmqtt import GmqttTransport
+from transports.mqtt import MqttTransport
+
+URL = os.environ.get("CHANNELS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+HOSTPORT = URL.split("://", 1)[1].split("?", 1)[0].rstrip("/")
+URLS = {"mqtt": f"mqtt://{HOSTPORT}", "gmqtt": f"gmqtt://{HOSTPORT}"}
+
+
+def _broker_up() -> bool:
+    host, port = parse_url(URL).host_list(1883)[0]
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+needs_broker = pytest.mark.skipif(
+    not _broker_up(), reason="Mosquitto is not running (scripts/brokers up mqtt)"
+)
+
+
+def name(prefix: str = "t") -> str:
+    return f"md-{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+# -- without a broker ---------------------------------------------------------------------
+
+
+def test_unknown_option_and_bad_values_are_configuration_errors() -> None:
+    for url in (
+        "mqtt://h?nope=1",
+        "mqtt://h?qos=3",
+        "mqtt://h?version=4.1",
+        "gmqtt://h?keepalive=0",
+        "mqtt://h?ssl_cafile=/x",
+        "gmqtt://h?max_message_size=0",
+    ):
+        with pytest.raises(ConfigurationError):
+            (MqttTransport if url.startswith("mqtt") else GmqttTransport)(parse_url(url))
+
+
+def test_password_never_in_repr_or_errors() -> None:
+    url = parse_url("mqtt://user:s3cr3t@127.0.0.1:1?bogus=1")
+    with pytest.raises(ConfigurationError) as info:
+        MqttTransport(url)
+    assert "s3cr3t" not in str(info.value)
+    transport = MqttTransport(parse_url("mqtt://user:s3cr3t@127.0.0.1:1"))
+    assert "s3cr3t" not in repr(transport)
+    assert "s3cr3t" not in repr(transport.opts)
+
+
+def test_both_drivers_declare_the_same_capabilities() -> None:
+    for query in ("", "?version=3", "?qos=0", "?clean_start=true"):
+        a = MqttTransport(parse_url("mqtt://h" + query)).capabilities
+        b = GmqttTransport(parse_url("gmqtt://h" + query)).capabilities
+        assert a == b
+    # QoS 2: paho sends PUBREC on receipt, so only gmqtt can promise redelivery.
+    assert not MqttTransport(parse_url("mqtt://h?qos=2")).capabilities.ack
+    assert GmqttTransport(parse_url("gmqtt://h?qos=2")).capabilities.ack
+    v5 = MqttTransport(parse_url("mqtt://h")).capabilities
+    assert v5.native_headers and v5.native_keys and v5.ack and not v5.uses_envelope
+    assert not v5.redelivery_on_nack and not v5.per_key_ordering
+    v3 = MqttTransport(parse_url("mqtt://h?version=3")).capabilities
+    assert v3.uses_envelope and v3.ack
+    assert not MqttTransport(parse_url("mqtt://h?qos=0")).capabilities.ack
+    assert not MqttTransport(parse_url("mqtt://h?clean_start=1")).capabilities.persistent
+
+
+@pytest.mark.parametrize(
+    "bad", ["a/+/b", "a/#", "#", "$SYS/x", "a\u0085b", "x\ufffe", "a" * 70_000]
+)
+def test_topic_names_brokers_refuse(bad: str) -> None:
+    with pytest.raises(ConfigurationError):
+        validate_topic_name(bad)
+
+
+def test_topic_names_mqtt_accepts() -> None:
+    for good in ("a", "a/b/c", "/lead", "trail/", "a//b", "ünï/cödé"):
+        validate_topic_name(good)
+
+
+@pytest.mark.parametrize(
+    ("regex", "mqtt_filter"),
+    [
+        ("sensors/.*", "sensors/#"),
+        ("^sensors/room-[0-9]+/temp", "sensors/#"),
+        ("a/b/c-.*", "a/b/#"),
+        ("orders-.*", "#"),
+        ("a/b|c/d", "#"),
+        ("ab?/c", "#"),
+        ("x/y*/z", "x/#"),
+        (".*", "#"),
+    ],
+)
+def test_pattern_filter(regex: str, mqtt_filter: str) -> None:
+    assert pattern_filter(regex) == mqtt_filter
+
+
+def test_ack_queue_releases_in_arrival_order() -> None:
+    released: list[int] = []
+    queue = AckQueue(released.append)
+    entries = [queue.add(i) for i in range(5)]
+    queue.ack(entries[2])
+    queue.ack(entries[1])
+    assert released == []
+    queue.ack(entries[0])
+    assert released == [0, 1, 2]
+    queue.ack(entries[0])  # double ack: harmless
+    queue.ack(entries[4])
+    assert released == [0, 1, 2]
+    queue.ack(entries[3])
+    assert released == [0, 1, 2, 3, 4]
+    assert queue.pending == 0
+
+
+def _round_trip(key: bytes | None, value: bytes | None, headers: dict[str, bytes]) -> None:
+    meta = encode_properties(Message("t", value, key, headers), v5=True)
+    for prop_name, text in meta.user_properties:
+        assert len(prop_name.encode()) <= 65_535 and len(text.encode()) <= 65_535
+    got = decode_properties(meta.payload, meta.user_properties, meta.content_type)
+    assert got == (key, value, headers)
+
+
+def test_property_mapping_edge_cases() -> None:
+    _round_trip(None, None, {})
+    _round_trip(None, b"", {})
+    _round_trip(b"", b"v", {"e": b""})
+    _round_trip(b"\xff\x00", b"\x00", {"bin": b"\xff\xfe\x00", "txt": "é".encode()})
+    _round_trip(b"k", b"v", {"content-type": b"application/json", "channels.key": b"x"})
+    _round_trip(b"k", b"v", {"line\nbreak": b"a\nb", "\x00": b"\x01"})
+    _round_trip(b"k" * 70_000, b"v", {"big": b"\x80" * 100_000, "bigtext": b"a" * 70_000})
+    _round_trip(b"k", b"v", {"content-type": b"\xff"})
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(st.none(), st.binary(max_size=50)),
+    st.one_of(st.none(), st.binary(max_size=50)),
+    st.dictionaries(st.text(min_size=1, max_size=10), st.binary(max_size=30), max_size=5),
+)
+def test_property_mapping_round_trips_anything(
+    key: bytes | None, value: bytes | None, headers: dict[str, bytes]
+) -> None:
+    _round_trip(key, value, headers)
+
+
+def test_foreign_properties_become_headers() -> None:
+    key, value, headers = decode_properties(
+        b"raw", [("trace", "abc"), ("channels.b64.bad", "%%%")], "text/plain"
+    )
+    assert key is None and value == b"raw"
+    assert headers == {"trace": b"abc", "bad": b"%%%", "content-type": b"text/plain"}
+
+
+# -- against Mosquitto ------------------------------------------------------------------------
+
+DRIVERS = pytest.mark.parametrize("scheme", ["mqtt", "gmqtt"])
+
+
+@pytest.fixture
+async def apps() -> AsyncIterator[list[App]]:
+    made: list[App] = []
+    yield made
+    for app in made:
+        await asyncio.wait_for(app.stop(), 30)
+
+
+def new_app(apps: list[App], scheme: str, query: str = "", app_id: str | None = None) -> App:
+    app = App(app_id or name("app"), broker=URLS[scheme] + query)
+    apps.append(app)
+    return app
+
+
+async def collect(stream: Any, count: int, timeout: float = 10.0) -> list[Any]:
+    out = []
+    for _ in range(count):
+        out.append(await stream.get(timeout=timeout))
+    return out
+
+
+@needs_broker
+@DRIVERS
+async def test_key_headers_none_and_bytes_round_trip(scheme: str, apps: list[App]) -> None:
+    app = new_app(apps, scheme)
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw", key_serializer="raw")
+    await topic.declare()
+    headers = {"bin": b"\xff\x00\x80", "text": b"hello", "content-type": b"text/plain"}
+    await topic.send(key=b"\xfe\xff", value=b"\x00\x01", headers=headers)
+    await topic.send(key=b"k", value=None)
+    await topic.send(value=b"")
+    async with topic.events() as stream:
+        first, second, third = await collect(stream, 3)
+    assert (first.key, first.value, first.headers) == (b"\xfe\xff", b"\x00\x01", headers)
+    assert (second.key, second.value) == (b"k", None)
+    assert (third.key, third.value, third.headers) == (None, b"", {})
+
+
+@needs_broker
+@DRIVERS
+async def test_publish_after_declare_reaches_group_later(scheme: str, apps: list[App]) -> None:
+    topic_name, app_id = name(), name("grp")
+    producer = new_app(apps, scheme)
+    consumer = new_app(apps, scheme, app_id=app_id)
+    await producer.start()
+    await consumer.start()
+    await consumer.topic(topic_name, internal=True).declare()  # the anchor session
+    out = producer.topic(topic_name, value_serializer="raw")
+    for i in range(50):
+        await out.send(value=b"%d" % i)
+    # The backlog arrives right after CONNACK, before the first get(): nothing is lost.
+    src = consumer.topic(topic_name, internal=True, value_serializer="raw")
+    async with src.events() as stream:
+        events = await collect(stream, 50)
+    assert sorted(int(e.value) for e in events) == list(range(50))
+
+
+@needs_broker
+@DRIVERS
+async def test_puback_waits_for_every_earlier_message(scheme: str, apps: list[App]) -> None:
+    """Acking #2 and #3 but not #1 releases no PUBACK: all three come back on reconnect."""
+    app = new_app(apps, scheme)
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw", acks="manual")
+    await topic.declare()
+    for i in range(3):
+        await topic.send(value=b"%d" % i)
+    stream = topic.events()
+    await stream.start()
+    _one, two, three = await collect(stream, 3)
+    await two.ack()
+    await three.ack()
+    await stream.close()
+    async with topic.events() as again:
+        redelivered = await collect(again, 3)
+        assert [e.value for e in redelivered] == [b"0", b"1", b"2"]
+        assert all(e.message.redelivered for e in redelivered)
+        for event in redelivered:
+            await event.ack()
+    async with topic.events() as empty:
+        with pytest.raises(Timeout):
+            await empty.get(timeout=1.0)
+
+
+@needs_broker
+@DRIVERS
+async def test_nack_is_not_supported_and_unacked_comes_back(scheme: str, apps: list[App]) -> None:
+    app = new_app(apps, scheme)
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw", acks="manual")
+    await topic.declare()
+    await topic.send(value=b"x")
+    async with topic.events() as stream:
+        event = await stream.get(timeout=10)
+        with pytest.raises(CapabilityNotSupported):
+            await event.nack(requeue=True)
+    async with topic.events() as stream:
+        event = await stream.get(timeout=10)
+        assert event.value == b"x" and event.message.redelivered
+        await event.nack(requeue=False)  # drop == ack
+    async with topic.events() as stream:
+        with pytest.raises(Timeout):
+            await stream.get(timeout=1.0)
+
+
+@needs_broker
+@DRIVERS
+async def test_members_compete_and_groups_fan_out(scheme: str, apps: list[App]) -> None:
+    topic_name = name()
+    a = new_app(apps, scheme, app_id=name("ga"))
+    b = new_app(apps, scheme, app_id=name("gb"))
+    await a.start()
+    await b.start()
+    ta = a.topic(topic_name, internal=True, value_serializer="raw")
+    tb = b.topic(topic_name, internal=True, value_serializer="raw")
+    s1, s2, s3 = ta.events(), ta.events(), tb.events()
+    for stream in (s1, s2, s3):
+        await stream.start()
+    for i in range(40):
+        await ta.send(value=b"%d" % i)
+    seen: dict[int, list[int]] = {1: [], 2: []}
+
+    async def drain(idx: int, stream: Any) -> None:
+        while True:
+            event = await stream.get(timeout=2.0)
+            seen[idx].append(int(event.value))
+
+    for idx, stream in ((1, s1), (2, s2)):
+        with pytest.raises(Timeout):
+            await drain(idx, stream)
+    assert sorted(seen[1] + seen[2]) == list(range(40))
+    assert seen[1] and seen[2]
+    other = await collect(s3, 40)
+    assert sorted(int(e.value) for e in other) == list(range(40))
+    for stream in (s1, s2, s3):
+        await stream.close()
+
+
+@needs_broker
+@DRIVERS
+async def test_pattern_subscription(scheme: str, apps: list[App]) -> None:
+    root = name("p")
+    app = new_app(apps, scheme)
+    await app.start()
+    pattern = app.topic(pattern=rf"{root}/in-[0-9]+", value_serializer="raw")
+    async with pattern.events() as stream:
+        for topic_name in (f"{root}/in-1", f"{root}/out-2", f"{root}/in-3", f"{root}x/in-4"):
+            await app.topic(topic_name, value_serializer="raw").send(value=topic_name.encode())
+        events = await collect(stream, 2)
+        assert sorted(e.message.topic for e in events) == [f"{root}/in-1", f"{root}/in-3"]
+        with pytest.raises(Timeout):
+            await stream.get(timeout=1.0)
+    with pytest.raises(ConfigurationError):
+        app.topic(f"{root}/+")
+
+
+@needs_broker
+@DRIVERS
+@pytest.mark.parametrize("query", ["?version=3", "?qos=0", "?qos=2"])
+async def test_other_versions_and_qos(scheme: str, query: str, apps: list[App]) -> None:
+    app = new_app(apps, scheme, query)
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw", key_serializer="raw")
+    await topic.declare()
+    async with topic.events() as stream:
+        await topic.send(key=b"\xff", value=None, headers={"h": b"\x00"})
+        await topic.send(key=b"k", value=b"v")
+        first, second = await collect(stream, 2)
+    assert (first.key, first.value, first.headers) == (b"\xff", None, {"h": b"\x00"})
+    assert (second.key, second.value) == (b"k", b"v")
+
+
+@needs_broker
+@pytest.mark.skipif(
+    os.environ.get("CHANNELS_SKIP_RESTART") == "1", reason="broker restarts disabled"
+)
+async def test_broker_restart_reconnects_and_resubscribes(apps: list[App]) -> None:
+    """Both drivers at once (one restart): members and publishers come back, nothing lost."""
+    topics = {}
+    streams = {}
+    for scheme in ("mqtt", "gmqtt"):
+        app = new_app(apps, scheme)
+        await app.start()
+        topic = app.topic(name(scheme), internal=True, value_serializer="raw")
+        await topic.declare()
+        topics[scheme] = topic
+        streams[scheme] = topic.events()
+        await streams[scheme].start()
+        for i in range(10):
+            await topic.send(value=b"a%d" % i)
+    proc = await asyncio.create_subprocess_exec(
+        "scripts/brokers", "restart", "mqtt",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )
+    assert await asyncio.wait_for(proc.wait(), 120) == 0
+    for scheme, topic in topics.items():
+        for i in range(10):
+            await topic.send(value=b"b%d" % i)
+        values: set[bytes] = set()
+        while len(values) < 20:
+            event = await streams[scheme].get(timeout=20)
+            values.add(event.value)
+        assert values == {b"a%d" % i for i in range(10)} | {b"b%d" % i for i in range(10)}
+        await streams[scheme].close()

@@ -1,0 +1,283 @@
+"""MQTT driver on aiomqtt 2.5.1 (paho-mqtt 2.2.0 underneath): ``mqtt://`` and ``mqtts://``.
+
+URL: ``mqtt://[user:password@]host[:1883][?options]``, ``mqtts://...`` for TLS (port 8883).
+
+Options (shared with ``gmqtt://``, see ``transports._mqtt_common``):
+
+* ``version`` -- ``5`` (default) or ``3`` (MQTT 3.1.1; key and headers then travel in the
+  envelope of ``channels.envelope``).
+* ``qos`` -- ``1`` (default), ``0`` or ``2`` for every publish and subscription.
+* ``client_id`` -- prefix of every client id (default ``anychannel``). Give each process
+  that joins the same groups its own prefix (see "Sessions" below).
+* ``keepalive`` -- seconds (default 60). ``connect_timeout`` -- seconds (default 10).
+* ``session_expiry`` -- seconds a member's session outlives its connection (default 86400).
+* ``clean_start`` -- ``true`` makes every session end with its connection (no
+  at-least-once: the capabilities ``ack`` and ``persistent`` turn False).
+* ``receive_maximum`` -- messages the broker may send a member before it acks (default: the
+  stream's prefetch); this is the backpressure window.
+* ``max_inflight`` -- publishes awaiting their PUBACK at once (default 100).
+* ``max_message_size`` -- bytes (default 255 MiB, MQTT's packet limit minus headroom).
+* ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile`` -- TLS files (``mqtts://`` only).
+* ``envelope`` -- accepted for symmetry with other drivers; MQTT 5 uses no envelope.
+
+Mapping. topic = MQTT topic name; group = shared subscription ``$share/<group>/<topic>``
+(every group gets every message, the members of a group compete); key, headers and a None
+value = MQTT 5 user properties (``channels.key``, ``channels.none``, the header name; values
+that are not text Mosquitto accepts travel in base64 under ``channels.key.b64`` /
+``channels.b64.<name>`` / ``channels.hdr.<base64url name>``); the header ``content-type``
+= the MQTT 5 content-type property. ``declare`` = the group's anchor session subscribed with a
+long expiry, so QoS 1/2 messages published before anyone consumes are kept. QoS 1 with
+manual acknowledgement: the PUBACK goes out only once the handler acked, in the order the
+messages arrived (MQTT 5, 4.6.0-2). ``pattern=`` = the narrowest ``<prefix>/#`` filter the
+regex allows, then a full regex match on each topic name (non-matching messages are acked
+and dropped). A lost connection is re-established with the same session and resubscribed.
+
+Reliance on aiomqtt internals (hence the pin ``aiomqtt==2.5.1``): aiomqtt has no manual-ack
+option, so the driver reaches the paho client at ``aiomqtt.Client._client`` to call
+``manual_ack_set(True)`` and ``ack(mid, qos)``, installs its own paho ``on_message`` (to see
+the DUP flag and receive from the instant of CONNACK) and watches ``Client._disconnected``
+to notice a dropped connection.
+
+Capabilities (the same as ``gmqtt://``): persistent, consumer_groups, fanout_groups, ack,
+native headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
+unacked message comes back only when its session reconnects, so ``nack(requeue=True)``
+raises CapabilityNotSupported and ``nack(requeue=False)`` acks), per_key_ordering (a shared
+subscription spreads one key's messages over the members), replay_from_start (no history),
+explicit_partitions, topic_check (an MQTT broker cannot tell whether a topic exists).
+
+Sessions. Members have deterministic client ids ``<client_id>-<digest of group and
+topic>-<slot>`` so that a restarted member resumes its session and gets its unacked
+messages again. Two processes with the same ``client_id`` prefix would take each other's
+sessions over; the driver then stops that member with ConnectionFailed instead of fighting.
+Mosquitto keeps handing an offline member's session its share of a shared subscription; a
+member that leaves while others stay therefore unsubscribes, and whatever the broker had
+already queued for it waits until a member uses that slot again.
+
+QoS 2 with paho: PUBREC goes out on receipt and PUBCOMP after the ack; after a PUBREC the
+broker never resends the message, and paho keeps it in memory only, so an unacked QoS 2
+message is lost when its session's connection ends. With ``qos=2`` this driver therefore
+declares ``ack`` False (the one capability where it differs from ``gmqtt://``, whose
+PUBREC waits for the ack). QoS 1 is the at-least-once level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Sequence
+from importlib.metadata import version as _dist_version
+from typing import Any, ClassVar
+
+import aiomqtt
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from channels.errors import ConnectionFailed
+from transports._mqtt_common import (
+    Incoming,
+    Link,
+    LinkConfig,
+    MqttOptions,
+    MqttTransportBase,
+    WireMeta,
+)
+
+__all__ = ["MqttTransport"]
+
+
+def _properties(packet_type: int) -> Properties:
+    return Properties(packet_type)  # type: ignore[no-untyped-call]
+
+
+def _reason(exc: BaseException | None) -> int | None:
+    rc = getattr(exc, "rc", None)
+    if rc is None:
+        return None
+    value = getattr(rc, "value", rc)
+    return value if isinstance(value, int) else None
+
+
+class AiomqttLink(Link):
+    """One aiomqtt client = one MQTT connection; a new one for every (re)connection."""
+
+    def __init__(self, opts: MqttOptions, config: LinkConfig) -> None:
+        super().__init__(opts, config)
+        self.client: aiomqtt.Client | None = None
+        self._publishes: set[asyncio.Future[None]] = set()
+        self._entered = False
+        self.session_present = False
+
+    async def open(self) -> bool:
+        opts, config = self.opts, self.config
+        properties: Properties | None = None
+        clean_session: bool | None = None
+        clean_start: Any = paho.MQTT_CLEAN_START_FIRST_ONLY
+        if opts.v5:
+            properties = _properties(PacketTypes.CONNECT)
+            properties.SessionExpiryInterval = config.session_expiry
+            if config.receive_maximum is not None:
+                properties.ReceiveMaximum = config.receive_maximum
+            clean_start = config.clean_start
+        else:
+            clean_session = config.clean_start
+        client = aiomqtt.Client(
+            opts.host,
+            opts.port,
+            username=opts.username,
+            password=opts.password,
+            identifier=config.client_id,
+            protocol=aiomqtt.ProtocolVersion.V5 if opts.v5 else aiomqtt.ProtocolVersion.V311,
+            clean_session=clean_session,
+            clean_start=clean_start,
+            keepalive=opts.keepalive,
+            timeout=opts.connect_timeout,
+            properties=properties,
+            max_inflight_messages=opts.max_inflight,
+            tls_context=opts.tls,
+        )
+        client.pending_calls_threshold = 1 << 30  # batches are many pending publishes
+        raw = client._client
+        raw.manual_ack_set(True)
+        raw.on_message = self._on_paho_message
+        self.client = client
+        await client.__aenter__()
+        self._entered = True
+        client._disconnected.add_done_callback(self._on_disconnected)
+        return self.session_present
+
+    def _on_paho_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
+        if self.closed or self.config.on_message is None:
+            return
+        props = getattr(msg, "properties", None)
+        user: list[tuple[str, str]] = []
+        content_type: str | None = None
+        if props is not None:
+            user = list(getattr(props, "UserProperty", []) or [])
+            content_type = getattr(props, "ContentType", None)
+        self.config.on_message(
+            self,
+            Incoming(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                qos=msg.qos,
+                dup=bool(msg.dup),
+                user_properties=user,
+                content_type=content_type,
+                handle=(msg.mid, msg.qos) if msg.qos > 0 else None,
+            ),
+        )
+
+    def _on_disconnected(self, fut: asyncio.Future[None]) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        for pub in self._publishes:
+            if not pub.done():
+                pub.set_exception(ConnectionFailed("the connection dropped before the PUBACK"))
+        self._publishes.clear()
+        self._report_lost(_reason(exc))
+
+    async def subscribe(self, filters: Sequence[str], qos: int) -> None:
+        assert self.client is not None
+        for topic_filter in filters:
+            if self.opts.v5:
+                codes = await self.client.subscribe(topic_filter, options=SubscribeOptions(qos=qos))
+            else:
+                codes = await self.client.subscribe(topic_filter, qos=qos)
+            for code in codes:
+                value = getattr(code, "value", code)
+                if isinstance(value, int) and value >= 0x80:
+                    raise ConnectionFailed(
+                        f"the broker refused the subscription {topic_filter!r} (reason {value:#x})"
+                    )
+
+    async def unsubscribe(self, filters: Sequence[str]) -> None:
+        assert self.client is not None
+        await self.client.unsubscribe(list(filters))
+
+    async def start_publish(
+        self, topic: str, meta: WireMeta, qos: int
+    ) -> asyncio.Future[None] | None:
+        client = self.client
+        if client is None or self.lost or self.closed:
+            raise ConnectionFailed("not connected")
+        properties: Properties | None = None
+        if self.opts.v5 and (meta.user_properties or meta.content_type is not None):
+            properties = _properties(PacketTypes.PUBLISH)
+            if meta.user_properties:
+                properties.UserProperty = meta.user_properties
+            if meta.content_type is not None:
+                properties.ContentType = meta.content_type
+        task = asyncio.ensure_future(
+            client.publish(topic, meta.payload, qos=qos, properties=properties, timeout=math.inf)
+        )
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._publishes.add(done)
+
+        def settle(t: asyncio.Future[None]) -> None:
+            self._publishes.discard(done)
+            if done.done():
+                return
+            if t.cancelled():
+                done.set_exception(ConnectionFailed("publish cancelled"))
+            elif t.exception() is not None:
+                done.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                done.set_result(None)
+
+        task.add_done_callback(settle)
+        return done
+
+    def release(self, handle: Any) -> None:
+        if self.client is None or self.closed or self.lost:
+            return
+        mid, qos = handle
+        self.client._client.ack(mid, qos)
+
+    async def close(self, keep_session: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        client = self.client
+        if client is None or not self._entered:
+            return
+        disconnected = client._disconnected
+        try:
+            if not disconnected.done():
+                properties: Properties | None = None
+                if self.opts.v5 and not keep_session:
+                    properties = _properties(PacketTypes.DISCONNECT)
+                    properties.SessionExpiryInterval = 0
+                client._client.disconnect(properties=properties)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(asyncio.shield(disconnected), self.opts.connect_timeout)
+            with contextlib.suppress(Exception):
+                await client.__aexit__(None, None, None)
+        finally:
+            for pub in self._publishes:
+                if not pub.done():
+                    pub.set_exception(ConnectionFailed("the connection closed before the PUBACK"))
+            self._publishes.clear()
+
+
+class MqttTransport(MqttTransportBase):
+    """MQTT 5 / 3.1.1 on aiomqtt; see the module docstring."""
+
+    schemes = ("mqtt", "mqtts")
+    tls_schemes: ClassVar[tuple[str, ...]] = ("mqtts",)
+    qos2_redelivers: ClassVar[bool] = False  # paho sends PUBREC on receipt
+    error_table: ClassVar[Sequence[tuple[Any, Any]]] = (
+        ((aiomqtt.MqttError, OSError), ConnectionFailed),
+    )
+
+    def _new_link(self, config: LinkConfig) -> Link:
+        return AiomqttLink(self.opts, config)
+
+    def native(self) -> Any:
+        """The publisher's ``aiomqtt.Client`` (None while disconnected)."""
+        link = self._publisher
+        return link.client if isinstance(link, AiomqttLink) else None
+
+    def client_version(self) -> str:
+        return f"aiomqtt {_dist_version('aiomqtt')} (paho-mqtt {_dist_version('paho-mqtt')})"
