@@ -8,12 +8,14 @@ directory's pytest settings and conftest files are not read.
 Prints pytest's progress and failures, then a matrix (case, outcome, seconds, reason).
 ``--json FILE`` writes ``{"url", "driver", "capabilities", "cases": [{"name", "outcome",
 "reason", "seconds"}], "summary"}`` (the URL redacted). Exit status: 0 when nothing failed,
-1 when a case failed (or none matched ``-k``), 2 for a bad URL or a missing driver or test tool.
+1 when a case failed (or none matched ``-k``), 2 for a bad URL, a missing driver or test tool,
+or a broker that does not answer (one connection is tried before the suite starts).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import importlib.util
 import json
@@ -121,6 +123,8 @@ def run_suite(
             "-p", "no:cacheprovider",
             "-q",
             "--tb=short",
+            # channels and transports are imported already (we are the `channels` command)
+            "-W", "ignore::pytest.PytestAssertRewriteWarning",
         ]  # fmt: skip
         if keyword:
             argv += ["-k", keyword]
@@ -152,6 +156,8 @@ def _main(args: argparse.Namespace) -> int:
     console = Console()
     if args.list:
         return _list_cases(console)
+    # One connection first: an unreachable broker is exit 2 at once, not 41 slow failures.
+    asyncio.run(_preflight(harness))
     code, cases = run_suite(harness, keyword=args.keyword, exitfirst=args.exitfirst)
     if code in (
         pytest_exit("INTERRUPTED"),
@@ -182,6 +188,14 @@ def _main(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     bad = summary.get("failed", 0) + summary.get("error", 0) + summary.get("not run", 0)
     return EXIT_OK if bad == 0 and code == 0 else EXIT_FAILED
+
+
+async def _preflight(harness: Harness) -> None:
+    app = harness.app(connect_timeout=harness.timeout(15.0))
+    try:
+        await app.start()
+    finally:
+        await app.stop()
 
 
 def pytest_exit(name: str) -> int:

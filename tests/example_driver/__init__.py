@@ -1,0 +1,1 @@
+"""A minimal third-party driver, as docs/writing-a-driver.md walks through it."""
