@@ -97,10 +97,7 @@ class Harness:
     @property
     def can_restart(self) -> bool:
         """True when :meth:`restart_broker` can do something (a command, or an override)."""
-        return (
-            self.restart_command is not None
-            or type(self).restart_broker is not Harness.restart_broker
-        )
+        return self.restart_command is not None or type(self).restart_broker is not Harness.restart_broker
 
     async def restart_broker(self) -> None:
         """Run ``restart_command`` and wait for it (bounded); raise if it fails.
@@ -120,11 +117,7 @@ class Harness:
         except TimeoutError:
             proc.kill()
             await proc.wait()
-            raise RuntimeError(
-                f"{self.restart_command!r} did not finish within {limit:.0f}s"
-            ) from None
+            raise RuntimeError(f"{self.restart_command!r} did not finish within {limit:.0f}s") from None
         if proc.returncode != 0:
             tail = out.decode("utf-8", "replace")[-2000:]
-            raise RuntimeError(
-                f"{self.restart_command!r} exited with status {proc.returncode}:\n{tail}"
-            )
+            raise RuntimeError(f"{self.restart_command!r} exited with status {proc.returncode}:\n{tail}")

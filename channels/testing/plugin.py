@@ -65,8 +65,7 @@ class ConformancePlugin:
         caps = self.harness.capabilities()
         flags = ", ".join(k for k, v in caps.as_dict().items() if v is True)
         return (
-            f"channels conformance: {self.harness.redacted_url()} "
-            f"({self.harness.driver_name()}: {flags or 'no flags'})"
+            f"channels conformance: {self.harness.redacted_url()} ({self.harness.driver_name()}: {flags or 'no flags'})"
         )
 
 
@@ -100,10 +99,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if not url:
         return
     restart = config.getoption("channels_restart_command", None) or os.environ.get(ENV_RESTART)
-    scale = config.getoption("channels_timeout_scale", None) or float(
-        os.environ.get(ENV_SCALE) or 1.0
-    )
-    harness = Harness(
-        url=url, restart_command=shlex.split(restart) if restart else None, timeout_scale=scale
-    )
+    scale = config.getoption("channels_timeout_scale", None) or float(os.environ.get(ENV_SCALE) or 1.0)
+    harness = Harness(url=url, restart_command=shlex.split(restart) if restart else None, timeout_scale=scale)
     config.pluginmanager.register(ConformancePlugin(harness), "channels-conformance")

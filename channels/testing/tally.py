@@ -27,9 +27,7 @@ class Tally:
     ``sent 1000, received 998 unique, lost 2 (ids 17, 801), duplicates 3, out of order 0``.
     """
 
-    def __init__(
-        self, ids: Iterable[str] = (), *, lane: Hashable = None, ordered: bool = False
-    ) -> None:
+    def __init__(self, ids: Iterable[str] = (), *, lane: Hashable = None, ordered: bool = False) -> None:
         #: report reordering in the summary (set when the case promises an order)
         self.ordered = ordered
         self._index: dict[str, tuple[Hashable, int]] = {}

@@ -17,7 +17,7 @@ import pytest
 
 from channels.cli.main import main as channels_main
 from channels.testing import CASES, Harness, run_case
-from tests.toys import register_toys
+from tests.toys import AmnesiaHarness, KeepingHarness, register_toys
 
 register_toys()
 
@@ -59,6 +59,23 @@ async def test_toys_pass_what_they_do_not_break(url: str) -> None:
         await run_case(Harness(url=url, timeout_scale=FAST), case)
 
 
+async def test_restart_case_passes_when_the_broker_keeps_messages() -> None:
+    await run_case(KeepingHarness(url="toy-persistent://", timeout_scale=FAST), "broker_restart_loses_nothing")
+    # the default restart path: run restart_command
+    harness = Harness(url="toy-persistent://", restart_command=["true"], timeout_scale=FAST)
+    await run_case(harness, "broker_restart_loses_nothing")
+
+
+async def test_restart_case_catches_a_broker_that_forgets() -> None:
+    with pytest.raises(AssertionError, match=r"lost across a broker restart.*lost [1-9]\d* \(ids stored"):
+        await run_case(AmnesiaHarness(url="toy-persistent://", timeout_scale=0.04), "broker_restart_loses_nothing")
+
+
+async def test_restart_case_fails_without_a_way_to_restart() -> None:
+    with pytest.raises(AssertionError, match="cannot restart the broker"):
+        await run_case(Harness(url="toy-persistent://"), "broker_restart_loses_nothing")
+
+
 def test_enough_distinct_cases() -> None:
     assert len(CASES) >= 25
     assert all(info.doc for info in CASES.values()), "every case says what it checks"
@@ -70,14 +87,10 @@ def test_harness_names_are_portable() -> None:
     names |= {harness.group_name("Case") for _ in range(100)}
     assert len(names) == 200
     for name in names:
-        assert len(name) <= 48 and all(
-            ch in "abcdefghijklmnopqrstuvwxyz0123456789-_" for ch in name
-        ), name
+        assert len(name) <= 48 and all(ch in "abcdefghijklmnopqrstuvwxyz0123456789-_" for ch in name), name
 
 
-def _pytest(
-    tmp_path: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
+def _pytest(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", *args],
         cwd=tmp_path,
@@ -97,9 +110,7 @@ def test_plugin_inactive_unless_asked(tmp_path: Path) -> None:
     )  # fmt: skip
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert "1 test collected" in plain.stdout, plain.stdout
-    asked = _pytest(
-        tmp_path, "--channels-url", "memory://", "-k", "plain or round_trip or key_fidelity"
-    )
+    asked = _pytest(tmp_path, "--channels-url", "memory://", "-k", "plain or round_trip or key_fidelity")
     assert asked.returncode == 0, asked.stdout + asked.stderr
     assert "3 passed" in asked.stdout, asked.stdout
     by_env = _pytest(tmp_path, "--co", env={"CHANNELS_CONFORMANCE_URL": "memory://"})
@@ -131,9 +142,7 @@ def test_cli_reports_failure(tmp_path: Path) -> None:
 
 def test_cli_passes_memory_and_redacts(tmp_path: Path) -> None:
     out = tmp_path / "memory.json"
-    status = channels_main(
-        ["conformance", "memory://?partitions=4", "-k", "round_trip or replay", "--json", str(out)]
-    )
+    status = channels_main(["conformance", "memory://?partitions=4", "-k", "round_trip or replay", "--json", str(out)])
     assert status == 0
     result = json.loads(out.read_text())
     assert result["capabilities"]["consumer_groups"] is True

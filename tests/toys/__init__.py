@@ -6,20 +6,26 @@ Each toy is the memory driver with one bug:
   confirms it);
 * ``toy-dup://``     publishes every 50th message twice while claiming ``exactly_once``;
 * ``toy-reorder://`` swaps every 7th message of a batch with the next one of the same key;
-* ``toy-header://``  drops headers whose value is empty (b"").
+* ``toy-header://``  drops headers whose value is empty (b"");
+* ``toy-persistent://`` the memory driver claiming ``persistent``; what a "restart" does is
+  up to the harness (:class:`KeepingHarness` keeps everything, :class:`AmnesiaHarness`
+  forgets every stored message, as a broker writing nothing to disk would).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections.abc import Sequence
 
 from channels.capabilities import Capabilities
 from channels.events import Message, RecordMetadata
 from channels.registry import register
+from channels.testing import Harness
+from transports import memory
 from transports.memory import MemoryTransport
 
-__all__ = ["TOYS", "register_toys"]
+__all__ = ["TOYS", "AmnesiaHarness", "KeepingHarness", "register_toys"]
 
 
 class LossyTransport(MemoryTransport):
@@ -37,10 +43,7 @@ class LossyTransport(MemoryTransport):
             else:
                 kept.append(message)
         confirmed = iter(await super().publish(kept))
-        return [
-            RecordMetadata(m.topic, 0, -1) if i in dropped else next(confirmed)
-            for i, m in enumerate(messages)
-        ]
+        return [RecordMetadata(m.topic, 0, -1) if i in dropped else next(confirmed) for i, m in enumerate(messages)]
 
 
 class DuplicatingTransport(MemoryTransport):
@@ -79,11 +82,35 @@ class HeaderDroppingTransport(MemoryTransport):
     schemes = ("toy-header",)
 
     async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata]:
-        stripped = [
-            dataclasses.replace(m, headers={k: v for k, v in m.headers.items() if v})
-            for m in messages
-        ]
+        stripped = [dataclasses.replace(m, headers={k: v for k, v in m.headers.items() if v}) for m in messages]
         return await super().publish(stripped)
+
+
+class PersistentClaimTransport(MemoryTransport):
+    schemes = ("toy-persistent",)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return dataclasses.replace(super().capabilities, persistent=True)
+
+
+class KeepingHarness(Harness):
+    """A "restart" that keeps every stored message."""
+
+    async def restart_broker(self) -> None:
+        await asyncio.sleep(0.05)
+
+
+class AmnesiaHarness(Harness):
+    """A "restart" that forgets every message waiting for a group."""
+
+    async def restart_broker(self) -> None:
+        for broker in memory._brokers.get(asyncio.get_running_loop(), {}).values():
+            for topic in broker.topics.values():
+                for group in topic.groups.values():
+                    for queue in group.pending:
+                        queue.clear()
+                    group.queued = 0
 
 
 TOYS: dict[str, type[MemoryTransport]] = {
@@ -91,6 +118,7 @@ TOYS: dict[str, type[MemoryTransport]] = {
     "toy-dup": DuplicatingTransport,
     "toy-reorder": ReorderingTransport,
     "toy-header": HeaderDroppingTransport,
+    "toy-persistent": PersistentClaimTransport,
 }
 
 
