@@ -32,14 +32,51 @@ def kafka(host, port):
     client_id = b"anychannel-brokers-probe"
     # request header v1: api_key=3 (Metadata), api_version=4, correlation_id, client_id
     header = struct.pack(">hhih", 3, 4, 7, len(client_id)) + client_id
-    # Metadata v4 body: topics = empty array (no topics), allow_auto_topic_creation=false
-    body = struct.pack(">ib", 0, 0)
-    msg = header + body
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as s:
-        s.settimeout(TIMEOUT)
-        s.sendall(struct.pack(">i", len(msg)) + msg)
-        size = struct.unpack(">i", _recv_exact(s, 4))[0]
-        data = _recv_exact(s, size)
+    # Metadata v4 body: topics = null (all topics), allow_auto_topic_creation=false
+    body = struct.pack(">ib", -1, 0)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.settimeout(TIMEOUT)
+        data = _kafka_call(sock, header + body)
+        info, led = _kafka_metadata(data)
+        if led:
+            # The metadata image can name this broker leader a moment before its replica
+            # manager has taken the partitions over: ask for the end offsets too.
+            _kafka_list_offsets(sock, client_id, led)
+    return info
+
+
+def _kafka_call(sock, msg):
+    sock.sendall(struct.pack(">i", len(msg)) + msg)
+    size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+    return _recv_exact(sock, size)
+
+
+def _kafka_list_offsets(sock, client_id, led):
+    # ListOffsets v1: replica_id=-1, [topic, [partition, timestamp=-1 (latest)]]
+    parts = [struct.pack(">hhih", 2, 1, 8, len(client_id)) + client_id, struct.pack(">ii", -1, len(led))]
+    for topic, pidxs in led.items():
+        name = topic.encode()
+        parts.append(struct.pack(">h", len(name)) + name + struct.pack(">i", len(pidxs)))
+        parts.extend(struct.pack(">iq", p, -1) for p in pidxs)
+    data = _kafka_call(sock, b"".join(parts))
+    pos = 4  # correlation id
+    (ntopics,) = struct.unpack_from(">i", data, pos)
+    pos += 4
+    for _ in range(ntopics):
+        (n,) = struct.unpack_from(">h", data, pos)
+        tname = data[pos + 2:pos + 2 + n].decode()
+        pos += 2 + n
+        (nparts,) = struct.unpack_from(">i", data, pos)
+        pos += 4
+        for _ in range(nparts):
+            pidx, perr, _ts, _off = struct.unpack_from(">ihqq", data, pos)
+            pos += 22
+            # 3: topic deleted meanwhile (fine); anything else: not serving that partition yet
+            if perr not in (0, 3):
+                raise RuntimeError("partition %s-%d not served yet (error %d)" % (tname, pidx, perr))
+
+
+def _kafka_metadata(data):
     pos = 0
 
     def take(fmt):
@@ -73,7 +110,30 @@ def kafka(host, port):
         raise RuntimeError("metadata lists no broker yet")
     if controller < 0:
         raise RuntimeError("no active controller yet")
-    return "cluster %s, brokers %s, controller %d" % (cluster, ",".join(brokers), controller)
+    # after a restart the partitions get their leader back a moment after the broker
+    # answers: "serving" means every existing partition has a leader again
+    (ntopics,) = take(">i")
+    partitions = 0
+    led = {}
+    for _ in range(ntopics):
+        (terr,) = take(">h")
+        tname = take_str()
+        take(">b")  # is_internal
+        (nparts,) = take(">i")
+        for _ in range(nparts):
+            perr, pidx, leader = take(">hii")
+            for _ in range(2):  # replica_nodes, isr_nodes
+                (n,) = take(">i")
+                take(">%di" % max(n, 0))
+            if perr != 0 or leader < 0:
+                raise RuntimeError("partition %s-%d has no leader yet (error %d)" % (tname, pidx, perr))
+            partitions += 1
+            led.setdefault(tname, []).append(pidx)
+        if terr != 0:
+            raise RuntimeError("topic %s: error %d" % (tname, terr))
+    info = "cluster %s, brokers %s, controller %d, %d topics / %d partitions served" % (
+        cluster, ",".join(brokers), controller, ntopics, partitions)
+    return info, led
 
 
 def tcp(host, port):
