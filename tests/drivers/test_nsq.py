@@ -1,0 +1,410 @@
+"""Tests of what is particular to the NSQ driver, against the real nsqd of scripts/brokers.
+
+Shared semantics are proven by the conformance suite; here: NSQ's name rule, URL options,
+REQ with a delay, TOUCH, bounded publishes when nsqd does not answer, survival of nsqd
+restarts, the return of unacked messages on close, MPUB batches and ``envelope=off``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from channels import App
+from channels.errors import (
+    CapabilityNotSupported,
+    ConfigurationError,
+    ConnectionFailed,
+    EncodeError,
+    Timeout,
+    TopicNotFound,
+)
+from channels.events import Message
+from channels.url import parse_url
+from transports.base import SubscriptionSpec, TopicSpec
+from transports.nsq import NsqTransport
+
+URL = os.environ.get("CHANNELS_TEST_NSQ_URL", "nsq://127.0.0.1:4150")
+ROOT = Path(__file__).resolve().parents[2]
+HTTP = "http://127.0.0.1:4151"
+
+
+def _nsqd_up() -> bool:
+    try:
+        with urllib.request.urlopen(f"{HTTP}/ping", timeout=2) as response:
+            return bool(response.read() == b"OK")
+    except OSError:
+        return False
+
+
+needs_nsqd = pytest.mark.skipif(
+    not _nsqd_up(), reason="nsqd is not running (scripts/brokers up nsq)"
+)
+
+
+def name(prefix: str = "t") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+def transport(url: str = URL, **options: str) -> NsqTransport:
+    if options:
+        url += ("&" if "?" in url else "?") + "&".join(f"{k}={v}" for k, v in options.items())
+    return NsqTransport(parse_url(url))
+
+
+@contextlib.asynccontextmanager
+async def connected(url: str = URL, **options: str) -> AsyncIterator[NsqTransport]:
+    t = transport(url, **options)
+    await asyncio.wait_for(t.connect(), 15)
+    try:
+        yield t
+    finally:
+        await asyncio.wait_for(t.close(), 15)
+
+
+def restart_nsqd() -> None:
+    subprocess.run(
+        [str(ROOT / "scripts" / "brokers"), "restart", "nsq"],
+        cwd=ROOT,
+        check=True,
+        timeout=120,
+        capture_output=True,
+    )
+
+
+def spec(topic: str, group: str, prefetch: int = 10) -> SubscriptionSpec:
+    return SubscriptionSpec((TopicSpec(topic, internal=True),), group, prefetch=prefetch)
+
+
+async def receive(sub: object, n: int = 1, timeout: float = 10) -> list[Message]:
+    out: list[Message] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < n:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, f"received {len(out)} of {n} messages within {timeout}s"
+        out += await asyncio.wait_for(sub.receive(n - len(out)), remaining)  # type: ignore[attr-defined]
+    return out
+
+
+# -- no broker needed ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["a/b", "x" * 65, "caf\u00e9", "a:b", "a#b", "#ephemeral", "x" * 55 + "#ephemeral", "ab\n"],
+)
+def test_name_rule_is_named_in_the_error(bad: str) -> None:
+    with pytest.raises(ConfigurationError, match=r"\[\.a-zA-Z0-9_-\]\+\(#ephemeral\)\?\$, 1 to 64"):
+        transport().validate_topic_name(bad)
+
+
+@pytest.mark.parametrize("good", ["a", "x" * 64, "orders.v1_eu-2", "tmp#ephemeral"])
+def test_names_within_the_rule(good: str) -> None:
+    transport().validate_topic_name(good)
+
+
+def test_bad_names_are_refused_by_the_app() -> None:
+    app = App("nsq-names", broker=URL)
+    with pytest.raises(ConfigurationError, match="must match"):
+        app.topic("orders/eu")
+
+
+def test_unknown_and_invalid_options() -> None:
+    with pytest.raises(ConfigurationError, match="unknown URL option"):
+        transport(max_inflight="5")
+    with pytest.raises(ConfigurationError, match="publish_timeout"):
+        transport(publish_timeout="0")
+    with pytest.raises(ConfigurationError, match="envelope"):
+        transport(envelope="maybe")
+
+
+def test_capabilities_are_the_documented_ones() -> None:
+    caps = transport().capabilities
+    assert caps.uses_envelope and caps.ack and caps.redelivery_on_nack
+    assert caps.consumer_groups and caps.fanout_groups and caps.topic_check
+    assert not caps.per_key_ordering and not caps.replay_from_start and not caps.patterns
+    assert caps.max_message_size == 1024 * 1024
+    assert transport(max_message_size="4194304").capabilities.max_message_size == 4 * 1024 * 1024
+    plain = transport(envelope="off").capabilities
+    assert not plain.uses_envelope
+
+
+def test_auth_secret_never_shows() -> None:
+    t = transport(auth_secret="s3cr3t-value")
+    assert "s3cr3t-value" not in repr(t)
+    with pytest.raises(ConfigurationError) as info:
+        transport(auth_secret="s3cr3t-value", bogus="1")
+    assert "s3cr3t-value" not in str(info.value)
+
+
+async def test_publish_to_a_closed_port_fails_fast() -> None:
+    t = transport("nsq://127.0.0.1:1", connect_timeout="2")
+    started = time.monotonic()
+    with pytest.raises(ConnectionFailed) as info:
+        await t.connect()
+    assert time.monotonic() - started < 5
+    assert info.value.retryable
+
+
+async def test_publish_to_a_silent_nsqd_is_bounded() -> None:
+    """A server that accepts and never answers (a hung nsqd): Timeout, retryable, bounded."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def hang(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        with contextlib.suppress(Exception):
+            await reader.read(1 << 20)
+
+    server = await asyncio.start_server(hang, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        t = transport(f"nsq://127.0.0.1:{port}", connect_timeout="1", publish_timeout="1")
+        started = time.monotonic()
+        with pytest.raises((Timeout, ConnectionFailed), match=r"no answer within 1\.0s") as info:
+            await t.connect()
+        assert time.monotonic() - started < 3
+        assert info.value.retryable
+        assert accepted
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+# -- against nsqd -------------------------------------------------------------------------
+
+
+@needs_nsqd
+async def test_tls_refused_by_a_plain_nsqd() -> None:
+    t = transport(tls="true", connect_timeout="3")
+    with pytest.raises(ConfigurationError, match="TLS"):
+        await t.connect()
+
+
+@needs_nsqd
+async def test_missing_source_topic_and_bad_group() -> None:
+    async with connected() as t:
+        with pytest.raises(TopicNotFound):
+            await t.declare(TopicSpec(name("missing"), internal=False), "g")
+        with pytest.raises(ConfigurationError, match="channel"):
+            await t.declare(TopicSpec(name(), internal=True), "bad group/name")
+        with pytest.raises(CapabilityNotSupported):
+            await t.subscribe(SubscriptionSpec((), "g", pattern="t-.*"))
+
+
+@needs_nsqd
+async def test_declare_keeps_messages_for_the_group() -> None:
+    topic, group = name(), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00early")])
+        sub = await t.subscribe(spec(topic, group))
+        (got,) = await receive(sub)
+        assert got.value == b"\x00CHE\x01\x00\x00\x00early"
+        assert got.key is None and got.headers == {} and not got.redelivered
+        await sub.ack([got])
+
+
+@needs_nsqd
+async def test_mpub_batch_and_round_trip() -> None:
+    topic, group = name(), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group, prefetch=500))
+        bodies = [b"\x00CHE\x01\x00\x00\x00" + str(i).encode() for i in range(1000)]
+        started = time.monotonic()
+        results = await t.publish([Message(topic, body) for body in bodies])
+        elapsed = time.monotonic() - started
+        assert len(results) == 1000 and all(r.topic == topic for r in results)
+        got: list[Message] = []
+        while len(got) < 1000:
+            batch = await asyncio.wait_for(sub.receive(1000), 30)
+            assert len(batch) <= 500, "more than prefetch=500 unacked messages handed out"
+            await sub.ack(batch)
+            got += batch
+        assert sorted(m.value for m in got) == sorted(bodies)  # type: ignore[type-var]
+        print(f"MPUB of 1000 small messages confirmed in {elapsed * 1000:.1f} ms")
+
+
+@needs_nsqd
+async def test_req_with_delay() -> None:
+    topic, group = name(), name("g")
+    async with connected(requeue_delay="1.5") as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group))
+        await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00again")])
+        (first,) = await receive(sub)
+        started = time.monotonic()
+        await sub.nack([first])
+        await sub.nack([first])  # settling twice does nothing
+        (second,) = await receive(sub, timeout=10)
+        waited = time.monotonic() - started
+        assert second.value == first.value and second.redelivered
+        assert 1.2 <= waited < 5, waited
+        await sub.ack([second])
+
+
+@needs_nsqd
+async def test_nack_without_requeue_drops() -> None:
+    topic, group = name(), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group))
+        await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00drop")])
+        (first,) = await receive(sub)
+        await sub.nack([first], requeue=False)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sub.receive(1), 2)
+
+
+@needs_nsqd
+async def test_touch_keeps_a_long_handler_s_message() -> None:
+    """msg_timeout=2s: touched every second for 5s, the message is not redelivered."""
+    topic, group = name(), name("g")
+    async with connected(msg_timeout="2") as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group))
+        await t.publish(
+            [
+                Message(topic, b"\x00CHE\x01\x00\x00\x00long"),
+                Message(topic, b"\x00CHE\x01\x00\x00\x00short"),
+            ]
+        )
+        got = await receive(sub, 2)
+        touched = next(m for m in got if m.value and m.value.endswith(b"long"))
+        left = next(m for m in got if m is not touched)
+        # Touched every second for 5s: the touched one stays ours, while the untouched one
+        # times out after 2s and comes back (acked at once so it does not come back again).
+        came_back: list[Message] = []
+        for _ in range(10):
+            with contextlib.suppress(TimeoutError):
+                batch = await asyncio.wait_for(sub.receive(5), 0.5)
+                await sub.ack(batch)
+                came_back += batch
+            await sub.touch([touched])
+        assert came_back and all(m.value == left.value and m.redelivered for m in came_back)
+        await sub.ack([touched])
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sub.receive(5), 3)
+
+
+@needs_nsqd
+async def test_unacked_messages_come_back_after_close() -> None:
+    topic, group = name(), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        first = await t.subscribe(spec(topic, group, prefetch=5))
+        await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00" + bytes([i])) for i in range(3)])
+        got = await receive(first, 3)
+        await first.ack(got[:1])
+        started = time.monotonic()
+        await first.close()
+        assert time.monotonic() - started < 5
+        second = await t.subscribe(spec(topic, group))
+        back = await receive(second, 2, timeout=10)
+        assert sorted(m.value for m in back) == sorted(m.value for m in got[1:])  # type: ignore[type-var]
+        assert all(m.redelivered for m in back)
+        await second.ack(back)
+
+
+@needs_nsqd
+async def test_receive_is_cancel_safe() -> None:
+    topic, group = name(), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group))
+        for _ in range(20):
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sub.receive(10), 0.01)
+        await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00x")])
+        (got,) = await receive(sub)
+        assert got.value == b"\x00CHE\x01\x00\x00\x00x"
+        await sub.ack([got])
+
+
+@needs_nsqd
+async def test_envelope_off_publishes_plain_payloads_and_refuses_keys() -> None:
+    topic = name()
+    app = App("nsq-plain", broker=URL + "?envelope=off")
+    async with app:
+        t = app.topic(topic, internal=True, value_serializer="raw")
+        await t.declare()
+        raw = app.topic(topic, internal=True, value_serializer="raw", group=name("g"))
+        stream = raw.events()
+        await stream.start()
+        await t.send(value=b"plain bytes")
+        event = await stream.get(timeout=10)
+        assert event.value == b"plain bytes" and event.key is None
+        with pytest.raises(EncodeError, match="keys or headers"):
+            await t.send(key=b"k", value=b"v")
+        with pytest.raises(EncodeError, match="keys or headers"):
+            await t.send(value=b"v", headers={"h": b"1"})
+        with pytest.raises(EncodeError):
+            await t.send(value=b"")
+        await stream.close(clean=True)
+    # what nsqd stored is the plain payload, not an envelope
+    assert not event.message.value.startswith(b"\x00CHE")  # type: ignore[union-attr]
+
+
+@needs_nsqd
+async def test_key_headers_none_travel_in_the_envelope() -> None:
+    topic = name()
+    async with App("nsq-env", broker=URL) as app:
+        t = app.topic(topic, internal=True, key_serializer="raw", value_serializer="raw")
+        await t.declare()
+        stream = t.events()
+        await stream.start()
+        await t.send(key=b"k\x00", value=None, headers={"bin": b"\x00\xff", "s": "x"})
+        await t.send(key=None, value=b"")
+        first = await stream.get(timeout=10)
+        second = await stream.get(timeout=10)
+        assert (first.key, first.value, first.headers) == (
+            b"k\x00",
+            None,
+            {"bin": b"\x00\xff", "s": b"x"},
+        )
+        assert (second.key, second.value, second.headers) == (None, b"", {})
+        await stream.close(clean=True)
+
+
+@needs_nsqd
+@pytest.mark.timeout(240)
+async def test_consumer_and_publisher_survive_two_restarts() -> None:
+    topic, group = name(), name("g")
+    async with connected(publish_timeout="5", connect_timeout="3") as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group))
+        for round_ in range(3):
+            if round_:
+                await asyncio.to_thread(restart_nsqd)
+            body = b"\x00CHE\x01\x00\x00\x00round" + bytes([round_])
+            # the first publish after a restart may fail (retryable) but never hangs
+            deadline = time.monotonic() + 30
+            while True:
+                started = time.monotonic()
+                try:
+                    await t.publish([Message(topic, body)])
+                    break
+                except (ConnectionFailed, Timeout) as exc:
+                    assert exc.retryable
+                    assert time.monotonic() - started < 5 + 3 + 1
+                    assert time.monotonic() < deadline, "nsqd not back within 30s"
+                    await asyncio.sleep(0.2)
+            got = await receive(sub, 1, timeout=30)
+            # a message of the previous round may come again after the restart (at least once)
+            values = {m.value for m in got}
+            while body not in values:
+                more = await receive(sub, 1, timeout=30)
+                values |= {m.value for m in more}
+                got += more
+            await sub.ack(got)
