@@ -105,14 +105,11 @@ def looks_like_url(text: str) -> bool:
 def resolve_broker(positional: str | None, option: str | None) -> str:
     """The broker URL text: positional, else ``--broker``, else ``$CHANNELS_BROKER``."""
     if positional is not None and option is not None:
-        raise ConfigurationError(
-            "the broker is given twice: as a positional URL and with --broker; give one"
-        )
+        raise ConfigurationError("the broker is given twice: as a positional URL and with --broker; give one")
     url = positional or option or broker_from_env()
     if not url:
         raise ConfigurationError(
-            "no broker: give a URL (e.g. kafka://127.0.0.1:9092), --broker URL "
-            f"or set ${ENV_BROKER}"
+            f"no broker: give a URL (e.g. kafka://127.0.0.1:9092), --broker URL or set ${ENV_BROKER}"
         )
     return url
 
@@ -454,7 +451,10 @@ def run(
 
     try:
         return asyncio.run(wrapper())
-    except (asyncio.CancelledError, KeyboardInterrupt):
+    except (asyncio.CancelledError, KeyboardInterrupt) as exc:
+        if isinstance(exc, asyncio.CancelledError) and not received:
+            # not ours: a library cancelled something it should not have
+            return fail(command, RuntimeError("cancelled unexpectedly"), redactor)
         if received and received[0] == signal.SIGTERM:
             print(f"channels {command}: terminated", file=sys.stderr, flush=True)
             return EXIT_TERMINATED
@@ -462,6 +462,27 @@ def run(
         return EXIT_INTERRUPTED
     except Exception as exc:
         return fail(command, exc, redactor)
+
+
+async def gather_or_fail(*tasks: asyncio.Task[None]) -> None:
+    """Wait until every task finished. At the first one that fails (or is cancelled by
+    someone else) cancel the others and raise its error. When the caller is cancelled the
+    tasks keep running: the caller decides what to do with them."""
+    pending = set(tasks)
+    while pending:
+        done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            if task.cancelled():
+                error: BaseException | None = RuntimeError(f"{task.get_name()} was cancelled unexpectedly")
+            else:
+                error = task.exception()
+            if error is not None:
+                for other in pending:
+                    other.cancel()
+                for other in pending:
+                    with contextlib.suppress(BaseException):
+                        await other
+                raise error
 
 
 def note(text: str, redactor: Redactor) -> None:

@@ -59,12 +59,8 @@ def register(subparsers: Any) -> None:
         help="the broker URL (optional, see below) and the arguments",
     )
     c.add_broker_option(parser)
-    parser.add_argument(
-        "-g", "--group", help="source group (default: channels-bridge-<src>-to-<dst>)"
-    )
-    parser.add_argument(
-        "-n", "--count", type=c.positive_int, metavar="N", help="stop after forwarding N messages"
-    )
+    parser.add_argument("-g", "--group", help="source group (default: channels-bridge-<src>-to-<dst>)")
+    parser.add_argument("-n", "--count", type=c.positive_int, metavar="N", help="stop after forwarding N messages")
     parser.add_argument(
         "-t",
         "--timeout",
@@ -105,8 +101,7 @@ def split_endpoints(tokens: Sequence[str], default: str | None) -> list[tuple[st
         chosen = url or default
         if chosen is None:
             raise ConfigurationError(
-                f"no broker for topic {token!r}: put its URL before it, "
-                f"or give --broker URL or ${c.ENV_BROKER}"
+                f"no broker for topic {token!r}: put its URL before it, or give --broker URL or ${c.ENV_BROKER}"
             )
         pairs.append((chosen, token))
         url = None
@@ -136,9 +131,7 @@ def main(args: argparse.Namespace) -> int:
     return c.run("bridge", lambda: _bridge(args, pairs, redactor), redactor)
 
 
-async def _bridge(
-    args: argparse.Namespace, pairs: list[tuple[str, str]], redactor: c.Redactor
-) -> int:
+async def _bridge(args: argparse.Namespace, pairs: list[tuple[str, str]], redactor: c.Redactor) -> int:
     (src_url, src_name), (dst_url, dst_name) = pairs
     group = args.group or default_group(src_name, dst_name)
     src_app = App("channels-bridge", broker=src_url, connect_timeout=args.connect_timeout)
@@ -150,9 +143,7 @@ async def _bridge(
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(dst_app)
         await stack.enter_async_context(src_app)
-        dst = dst_app.topic(
-            dst_name, key_serializer="raw", value_serializer="raw", internal=args.create
-        )
+        dst = dst_app.topic(dst_name, key_serializer="raw", value_serializer="raw", internal=args.create)
         for spec in dst.specs:
             await dst_app.transport.declare(spec, None)
         src = src_app.topic(
@@ -173,8 +164,8 @@ async def _bridge(
                 c.memory_note(app.url, redactor)
                 break
 
-        queue: asyncio.Queue[tuple[Event[Any, Any], FutureMessage[Any, Any]] | None] = (
-            asyncio.Queue(maxsize=args.window)
+        queue: asyncio.Queue[tuple[Event[Any, Any], FutureMessage[Any, Any]] | None] = asyncio.Queue(
+            maxsize=args.window
         )
         started = time.monotonic()
 
@@ -204,16 +195,11 @@ async def _bridge(
                 forwarded += 1
                 counter.advance()
 
-        with c.LiveCounter(
-            f"bridging {src_name} -> {dst_name}", total=args.count, plain_every=10.0
-        ) as counter:
-            read_task = asyncio.create_task(reader(), name="channels-bridge-read")
-            ack_task = asyncio.create_task(acker(counter), name="channels-bridge-ack")
+        with c.LiveCounter(f"bridging {src_name} -> {dst_name}", total=args.count, plain_every=10.0) as counter:
+            read_task = asyncio.create_task(reader(), name="reading the source")
+            ack_task = asyncio.create_task(acker(counter), name="confirming and acking")
             try:
-                await asyncio.wait({read_task, ack_task}, return_when=asyncio.FIRST_EXCEPTION)
-                for task in (ack_task, read_task):
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                await c.gather_or_fail(read_task, ack_task)
             except asyncio.CancelledError:
                 # Interrupted: stop reading, let the copies in flight be confirmed and acked.
                 read_task.cancel()
@@ -232,8 +218,7 @@ async def _bridge(
     _summary(forwarded, src_where, dst_where, started, redactor)
     if timed_out and args.count is not None and forwarded < args.count:
         c.note(
-            f"channels bridge: no message for {args.timeout:g}s: "
-            f"forwarded {forwarded} of {args.count}",
+            f"channels bridge: no message for {args.timeout:g}s: forwarded {forwarded} of {args.count}",
             redactor,
         )
         return c.EXIT_FAILURE
@@ -250,9 +235,7 @@ async def _finish(
     await ack_task
 
 
-def _summary(
-    forwarded: int, src_where: str, dst_where: str, started: float, redactor: c.Redactor
-) -> None:
+def _summary(forwarded: int, src_where: str, dst_where: str, started: float, redactor: c.Redactor) -> None:
     elapsed = time.monotonic() - started
     c.note(
         f"forwarded {forwarded} message(s) from {src_where} to {dst_where} "

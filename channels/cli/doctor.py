@@ -69,8 +69,7 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "doctor",
         help="check brokers: reachable, round trip, driver, capabilities",
-        description="Connect to each broker, round-trip one message through a scratch "
-        "topic and report what works.",
+        description="Connect to each broker, round-trip one message through a scratch topic and report what works.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -263,9 +262,7 @@ def print_table(results: list[Result]) -> None:
     from rich.table import Table
 
     tty = sys.stdout.isatty()
-    console = Console(
-        file=sys.stdout, width=None if tty else 200, no_color=not tty, highlight=False
-    )
+    console = Console(file=sys.stdout, width=None if tty else 200, no_color=not tty, highlight=False)
     table = Table(box=box.SIMPLE_HEAD if tty else box.ASCII, show_lines=False)
     for column in ("broker", "status", "connect", "round trip", "driver", "client"):
         table.add_column(column, overflow="fold")
@@ -299,9 +296,7 @@ def main(args: argparse.Namespace) -> int:
     results: list[Result] = []
 
     async def run_all() -> int:
-        results.extend(
-            await asyncio.gather(*(check(u, args.timeout, args.topic, redactor) for u in urls))
-        )
+        results.extend(await asyncio.gather(*(check(u, args.timeout, args.topic, redactor) for u in urls)))
         return c.EXIT_OK
 
     status = c.run("doctor", run_all, redactor)

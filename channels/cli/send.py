@@ -45,8 +45,7 @@ def register(subparsers: Any) -> None:
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "send",
         help="send messages to a topic",
-        description="Send VALUE, or one message per input line, to TOPIC and wait for the "
-        "broker to confirm each one.",
+        description="Send VALUE, or one message per input line, to TOPIC and wait for the broker to confirm each one.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="channels send [options] [URL] TOPIC [VALUE]",
@@ -76,20 +75,14 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("-p", "--partition", type=c.non_negative_int, help="send to this partition")
     source = parser.add_mutually_exclusive_group()
-    source.add_argument(
-        "-f", "--file", metavar="PATH", help="read one message per line from PATH ('-': stdin)"
-    )
-    source.add_argument(
-        "--null", action="store_true", help="send one message whose value is None (a tombstone)"
-    )
+    source.add_argument("-f", "--file", metavar="PATH", help="read one message per line from PATH ('-': stdin)")
+    source.add_argument("--null", action="store_true", help="send one message whose value is None (a tombstone)")
     parser.add_argument(
         "--create",
         action="store_true",
         help="declare TOPIC as internal: create it if missing (default: it must exist)",
     )
-    parser.add_argument(
-        "--partitions", type=c.positive_int, help="partitions for a topic made by --create"
-    )
+    parser.add_argument("--partitions", type=c.positive_int, help="partitions for a topic made by --create")
     parser.add_argument(
         "--window",
         type=c.positive_int,
@@ -113,9 +106,7 @@ def main(args: argparse.Namespace) -> int:
         if url and c.looks_like_url(url):
             redactor.add(url)
     try:
-        url_text, rest = c.split_url_and_args(
-            args.args, args.broker, minimum=1, maximum=2, usage="[URL] TOPIC [VALUE]"
-        )
+        url_text, rest = c.split_url_and_args(args.args, args.broker, minimum=1, maximum=2, usage="[URL] TOPIC [VALUE]")
     except ConfigurationError as exc:
         return c.fail("send", exc, redactor)
     return c.run("send", lambda: _send(args, url_text, rest, redactor), redactor)
@@ -205,9 +196,7 @@ def _print_metadata(md: RecordMetadata) -> None:
     )
 
 
-async def _send(
-    args: argparse.Namespace, url_text: str, rest: list[str], redactor: c.Redactor
-) -> int:
+async def _send(args: argparse.Namespace, url_text: str, rest: list[str], redactor: c.Redactor) -> int:
     topic_name = rest[0]
     value = rest[1] if len(rest) > 1 else None
     headers = c.parse_headers(args.header)
@@ -235,9 +224,7 @@ async def _send(
             async for raw in _values(args, value):
                 index += 1
                 obj = None if raw is None else _convert(raw, args.codec, index)
-                fut = topic.send_soon(
-                    key=args.key, value=obj, headers=headers, partition=args.partition
-                )
+                fut = topic.send_soon(key=args.key, value=obj, headers=headers, partition=args.partition)
                 await queue.put(fut)
             await queue.put(None)
 
@@ -251,29 +238,26 @@ async def _send(
                     _print_metadata(md)
 
         with c.LiveCounter(f"sending to {topic_name}") as counter:
-            tasks = [asyncio.create_task(feed()), asyncio.create_task(settle(counter))]
+            tasks = (
+                asyncio.create_task(feed(), name="reading the input"),
+                asyncio.create_task(settle(counter), name="waiting for confirmations"),
+            )
             try:
-                await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-                for task in reversed(tasks):  # the broker's error first, then the input's
-                    if task.done() and not task.cancelled() and task.exception() is not None:
-                        raise task.exception()  # type: ignore[misc]
+                await c.gather_or_fail(*tasks)
             except BaseException:
                 if sent:
                     c.note(f"sent {sent} message(s) to {where} before stopping", redactor)
                 raise
             finally:
                 for task in tasks:
-                    task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+                    if not task.done():
+                        task.cancel()
+                        with contextlib.suppress(BaseException):
+                            await task
                 while not queue.empty():
                     item = queue.get_nowait()
                     if item is not None:
                         item.future.cancel()
-    suffix = (
-        " (memory:// is in-process: no other process sees them)"
-        if app.url.scheme == "memory"
-        else ""
-    )
+    suffix = " (memory:// is in-process: no other process sees them)" if app.url.scheme == "memory" else ""
     c.note(f"sent {sent} message(s) to {where}{suffix}", redactor)
     return c.EXIT_OK

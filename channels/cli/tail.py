@@ -63,17 +63,13 @@ def register(subparsers: Any) -> None:
         help="the broker URL (optional, see below) and the arguments",
     )
     c.add_broker_option(parser)
-    parser.add_argument(
-        "-g", "--group", help="the group to join (default: a new channels-tail-<hex> group)"
-    )
+    parser.add_argument("-g", "--group", help="the group to join (default: a new channels-tail-<hex> group)")
     parser.add_argument(
         "--from-beginning",
         action="store_true",
         help="a new group starts at the oldest retained message (drivers with replay_from_start)",
     )
-    parser.add_argument(
-        "-n", "--count", type=c.positive_int, metavar="N", help="stop after N messages"
-    )
+    parser.add_argument("-n", "--count", type=c.positive_int, metavar="N", help="stop after N messages")
     parser.add_argument(
         "-t",
         "--timeout",
@@ -107,9 +103,7 @@ def main(args: argparse.Namespace) -> int:
         if url and c.looks_like_url(url):
             redactor.add(url)
     try:
-        url_text, rest = c.split_url_and_args(
-            args.args, args.broker, minimum=1, maximum=1, usage="[URL] TOPIC"
-        )
+        url_text, rest = c.split_url_and_args(args.args, args.broker, minimum=1, maximum=1, usage="[URL] TOPIC")
     except ConfigurationError as exc:
         return c.fail("tail", exc, redactor)
     return c.run("tail", lambda: _tail(args, url_text, rest[0], redactor), redactor)
@@ -127,9 +121,7 @@ def format_text(message: Message, value: Any) -> str:
     line = f"{message.topic}[{message.partition}]@{message.offset} "
     line += f"key={c.render_bytes_text(message.key)}"
     if message.headers:
-        pairs = ",".join(
-            f"{name}={c.render_bytes_text(data)}" for name, data in message.headers.items()
-        )
+        pairs = ",".join(f"{name}={c.render_bytes_text(data)}" for name, data in message.headers.items())
         line += f" headers={{{pairs}}}"
     return f"{line} {_text_value(value)}"
 
@@ -164,9 +156,7 @@ class _Output:
         sys.stdout.flush()
 
 
-async def _tail(
-    args: argparse.Namespace, url_text: str, topic_name: str, redactor: c.Redactor
-) -> int:
+async def _tail(args: argparse.Namespace, url_text: str, topic_name: str, redactor: c.Redactor) -> int:
     codecs.get_codec(args.codec)  # an unknown codec fails before we connect
     group = args.group or f"channels-tail-{uuid.uuid4().hex[:12]}"
     app = App("channels-tail", broker=url_text, connect_timeout=args.connect_timeout)
@@ -201,8 +191,7 @@ async def _tail(
                 except Timeout:
                     if args.count is not None:
                         c.note(
-                            f"channels tail: no message for {args.timeout:g}s: "
-                            f"received {received} of {args.count}",
+                            f"channels tail: no message for {args.timeout:g}s: received {received} of {args.count}",
                             redactor,
                         )
                         status = c.EXIT_FAILURE
@@ -224,10 +213,12 @@ async def _tail(
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, sys.stdout.fileno())
         finally:
-            await stream.close(clean=True)
-            if started:
-                c.note(
-                    f"received {received} message(s) from {topic_name} on {app.url.redacted()}",
-                    redactor,
-                )
+            try:
+                await stream.close(clean=True)
+            finally:
+                if started:
+                    c.note(
+                        f"received {received} message(s) from {topic_name} on {app.url.redacted()}",
+                        redactor,
+                    )
     return status

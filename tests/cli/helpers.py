@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 KAFKA = os.environ.get("CHANNELS_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
 RABBITMQ = os.environ.get("CHANNELS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 MQTT = os.environ.get("CHANNELS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+GMQTT = os.environ.get("CHANNELS_TEST_GMQTT_URL", "g" + MQTT if MQTT.startswith("mqtt") else MQTT)
 NSQ = os.environ.get("CHANNELS_TEST_NSQ_URL", "nsq://127.0.0.1:4150")
 ZMQ = os.environ.get("CHANNELS_TEST_ZMQ_URL", "zmq://127.0.0.1:5560")
 
@@ -71,9 +72,16 @@ class Background:
         )
         self._lines: queue.Queue[str | None] = queue.Queue()
         self.stderr_lines: list[str] = []
-        self._stdout = b""
+        self._stdout: list[bytes] = []
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
+        self._out_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._out_reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        while chunk := self.proc.stdout.read1(1 << 16):
+            self._stdout.append(chunk)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -94,11 +102,8 @@ class Background:
             except queue.Empty:
                 continue
             if line is None:
-                out, _ = self.proc.communicate(timeout=10)
-                pytest.fail(
-                    f"exited ({self.proc.returncode}) before printing {needle!r}: "
-                    f"{self.stderr} {out!r}"
-                )
+                self.proc.wait(timeout=10)
+                pytest.fail(f"exited ({self.proc.returncode}) before printing {needle!r}: {self.stderr}")
             self.stderr_lines.append(line)
             if needle in line:
                 return line
@@ -110,11 +115,13 @@ class Background:
     def finish(self, timeout: float = 60.0) -> tuple[int, str, str]:
         """Wait for exit; (status, stdout, all of stderr)."""
         try:
-            out, _ = self.proc.communicate(timeout=timeout)
+            self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.kill()
             pytest.fail(f"did not finish within {timeout}s: {self.stderr}")
         self._reader.join(timeout=10)
+        self._out_reader.join(timeout=10)
+        out = b"".join(self._stdout)
         while True:
             try:
                 line = self._lines.get_nowait()

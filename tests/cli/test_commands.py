@@ -11,7 +11,10 @@ import json
 import pytest
 
 from tests.cli.helpers import (
+    GMQTT,
     KAFKA,
+    MQTT,
+    NSQ,
     RABBITMQ,
     ZMQ,
     Background,
@@ -25,18 +28,22 @@ from tests.cli.helpers import (
 
 pytestmark = pytest.mark.brokers
 
-#: brokers whose drivers work across processes today
+#: every broker of scripts/brokers (all six drivers work across processes)
 BROKERS = [
     pytest.param(KAFKA, id="kafka"),
     pytest.param(RABBITMQ, id="rabbitmq"),
+    pytest.param(MQTT, id="mqtt"),
+    pytest.param(GMQTT, id="gmqtt"),
+    pytest.param(NSQ, id="nsq"),
     pytest.param(ZMQ, id="zmq"),
 ]
 
 #: (source, destination) pairs for the bridge
 BRIDGES = [
-    pytest.param(KAFKA, RABBITMQ, id="kafka-to-rabbitmq"),
+    pytest.param(KAFKA, MQTT, id="kafka-to-mqtt"),
     pytest.param(RABBITMQ, KAFKA, id="rabbitmq-to-kafka"),
-    pytest.param(KAFKA, ZMQ, id="kafka-to-zmq"),
+    pytest.param(NSQ, GMQTT, id="nsq-to-gmqtt"),
+    pytest.param(ZMQ, RABBITMQ, id="zmq-to-rabbitmq"),
 ]
 
 N = 200
@@ -61,6 +68,7 @@ def _tail(started: list[Background], url: str, topic: str, count: int, *extra: s
         str(count),
         "--timeout",
         "60",
+        "--create",
         *extra,
     )
     tail.wait_for_line("listening on")
@@ -74,7 +82,6 @@ def _records(stdout: str) -> list[dict[str, object]]:
 @pytest.mark.parametrize("url", BROKERS)
 def test_send_lines_then_tail_them_back(url: str, background: list[Background]) -> None:
     topic = unique()
-    _create(url, topic)
     tail = _tail(background, url, topic, N)
     values = [f"message {i} ünïcode" for i in range(N)]
     sent = run_cli(
@@ -105,7 +112,6 @@ def test_send_lines_then_tail_them_back(url: str, background: list[Background]) 
 @pytest.mark.parametrize("url", BROKERS)
 def test_binary_values_null_and_verbose_metadata(url: str, background: list[Background]) -> None:
     topic = unique()
-    _create(url, topic)
     tail = _tail(background, url, topic, 3)
     binary = b"\xff\xfe\x00\x80 not utf-8"
     first = run_cli("send", url, topic, "-v", input=binary + b"\n\n")  # binary line, empty line
@@ -125,8 +131,7 @@ def test_binary_values_null_and_verbose_metadata(url: str, background: list[Back
 @pytest.mark.parametrize("url", BROKERS)
 def test_json_codec_and_text_format(url: str, background: list[Background]) -> None:
     topic = unique()
-    _create(url, topic)
-    tail = start(background, "tail", url, topic, "--codec", "json", "-n", "1", "-t", "60")
+    tail = start(background, "tail", url, topic, "--codec", "json", "-n", "1", "-t", "60", "--create")
     tail.wait_for_line("listening on")
     sent = run_cli("send", url, topic, '{"id": 1, "tags": ["a"]}', "--codec", "json", "-k", "k")
     assert sent.returncode == 0, sent.stderr
@@ -154,13 +159,9 @@ def test_tail_stops_after_silence(background: list[Background]) -> None:
 
 def test_tail_from_beginning_on_kafka() -> None:
     topic = unique()
-    sent = run_cli(
-        "send", KAFKA, topic, "--create", "--partitions", "1", input=lines_input(["old-1", "old-2"])
-    )
+    sent = run_cli("send", KAFKA, topic, "--create", "--partitions", "1", input=lines_input(["old-1", "old-2"]))
     assert sent.returncode == 0, sent.stderr
-    tail = run_cli(
-        "tail", KAFKA, topic, "--from-beginning", "-n", "2", "-t", "60", "--format", "raw"
-    )
+    tail = run_cli("tail", KAFKA, topic, "--from-beginning", "-n", "2", "-t", "60", "--format", "raw")
     assert tail.returncode == 0, tail.stderr
     assert tail.stdout.splitlines() == ["old-1", "old-2"]
 
@@ -188,15 +189,11 @@ def test_ctrl_c_stops_tail_cleanly(background: list[Background]) -> None:
 @pytest.mark.parametrize(("src", "dst"), BRIDGES)
 def test_bridge_moves_every_message(src: str, dst: str, background: list[Background]) -> None:
     src_topic, dst_topic = unique("src"), unique("dst")
-    _create(src, src_topic)
-    _create(dst, dst_topic)
     tail = _tail(background, dst, dst_topic, N)
-    bridge = start(background, "bridge", src, src_topic, dst, dst_topic, "--count", str(N))
+    bridge = start(background, "bridge", src, src_topic, dst, dst_topic, "--count", str(N), "--create")
     bridge.wait_for_line("bridging")
     values = [f"v{i}" for i in range(N)]
-    sent = run_cli(
-        "send", src, src_topic, "-k", "key-1", "-H", "origin=test", input=lines_input(values)
-    )
+    sent = run_cli("send", src, src_topic, "-k", "key-1", "-H", "origin=test", input=lines_input(values))
     assert sent.returncode == 0, sent.stderr
     status, _, err = bridge.finish()
     assert status == 0, err
@@ -211,34 +208,20 @@ def test_bridge_moves_every_message(src: str, dst: str, background: list[Backgro
 def test_bridge_resumes_without_loss_after_ctrl_c(background: list[Background]) -> None:
     """Messages sent while no bridge runs are forwarded by the next run (same group)."""
     src_topic, dst_topic = unique("src"), unique("dst")
-    _create(RABBITMQ, src_topic)
-    _create(KAFKA, dst_topic)
     # no --count: a message forwarded twice (at-least-once) must not end the tail early
-    tail = start(background, "tail", KAFKA, dst_topic, "--format", "json", "--timeout", "8")
+    tail = start(background, "tail", KAFKA, dst_topic, "--format", "json", "--timeout", "8", "--create")
     tail.wait_for_line("listening on")
     group = unique("bridge-group")
-    first = start(background, "bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group)
+    first = start(background, "bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group, "--create")
     first.wait_for_line("bridging")
-    assert (
-        run_cli(
-            "send", RABBITMQ, src_topic, input=lines_input([f"a{i}" for i in range(N)])
-        ).returncode
-        == 0
-    )
+    assert run_cli("send", RABBITMQ, src_topic, input=lines_input([f"a{i}" for i in range(N)])).returncode == 0
     first.interrupt()
     status, _, err = first.finish()
     assert status == 130, err
     assert "Traceback" not in err
     # sent while no bridge is running: the group's queue keeps them
-    assert (
-        run_cli(
-            "send", RABBITMQ, src_topic, input=lines_input([f"b{i}" for i in range(N)])
-        ).returncode
-        == 0
-    )
-    second = start(
-        background, "bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group, "-t", "5"
-    )
+    assert run_cli("send", RABBITMQ, src_topic, input=lines_input([f"b{i}" for i in range(N)])).returncode == 0
+    second = start(background, "bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group, "-t", "5")
     status, _, err = second.finish()
     assert status == 0, err
     status, out, err = tail.finish()
@@ -251,18 +234,25 @@ def test_bridge_resumes_without_loss_after_ctrl_c(background: list[Background]) 
 def test_doctor_reports_every_test_broker() -> None:
     result = run_cli("doctor", "--test-brokers", "--json", timeout=120)
     assert "Traceback" not in result.stderr
-    rows = {row["url"]: row for row in json.loads(result.stdout)}
-    schemes = sorted(url.split("://")[0] for url in rows)
-    assert schemes == ["amqp", "gmqtt", "kafka", "memory", "mqtt", "nsq", "zmq"]
-    for url in (KAFKA, RABBITMQ, ZMQ, "memory://"):
-        row = next(r for r in rows.values() if r["url"].split("://")[0] == url.split("://")[0])
+    rows = json.loads(result.stdout)
+    assert sorted(row["url"].split("://")[0] for row in rows) == [
+        "amqp",
+        "gmqtt",
+        "kafka",
+        "memory",
+        "mqtt",
+        "nsq",
+        "zmq",
+    ]
+    for row in rows:
         assert row["status"] == "ok", row
-        assert row["latency_ms"] is not None and row["latency_ms"] >= 0
+        assert row["ok"] and row["reachable"]
+        assert row["latency_ms"] >= 0 and row["connect_ms"] >= 0
         assert row["driver"].startswith("transports.")
         assert row["client_version"]
-        assert "ack" in row["capabilities"]
-    expected_status = 0 if all(r["ok"] for r in rows.values()) else 2
-    assert result.returncode in (expected_status, 1), result.returncode
+        assert isinstance(row["capabilities"]["ack"], bool)
+        assert row["capabilities"]["max_message_size"] > 0
+    assert result.returncode == 0, result.stdout
 
 
 def test_doctor_table() -> None:
@@ -284,9 +274,7 @@ SECRET = "Sup3rS3cretPw"
         pytest.param(["send", f"amqp://guest:{SECRET}@127.0.0.1:1/", "t", "v"], id="send-amqp"),
         pytest.param(["send", f"kafka://u:{SECRET}@127.0.0.1:1", "t", "v"], id="send-kafka"),
         pytest.param(["tail", f"amqp://guest:{SECRET}@127.0.0.1:1/", "t"], id="tail-amqp"),
-        pytest.param(
-            ["bridge", f"amqp://u:{SECRET}@127.0.0.1:1/", "s", "memory://", "d"], id="bridge"
-        ),
+        pytest.param(["bridge", f"amqp://u:{SECRET}@127.0.0.1:1/", "s", "memory://", "d"], id="bridge"),
     ],
 )
 def test_unreachable_broker_is_one_line_exit_2(args: list[str]) -> None:

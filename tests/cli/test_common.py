@@ -85,9 +85,7 @@ def test_redactor_handles_unparseable_urls() -> None:
 
 
 def test_split_url_and_args() -> None:
-    url, rest = c.split_url_and_args(
-        ["kafka://h:1", "t", "v"], None, minimum=1, maximum=2, usage="x"
-    )
+    url, rest = c.split_url_and_args(["kafka://h:1", "t", "v"], None, minimum=1, maximum=2, usage="x")
     assert (url, rest) == ("kafka://h:1", ["t", "v"])
     url, rest = c.split_url_and_args(["t", "v"], "amqp://h", minimum=1, maximum=2, usage="x")
     assert (url, rest) == ("amqp://h", ["t", "v"])
@@ -104,12 +102,8 @@ def test_broker_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHANNELS_BROKER", "nsq://h:4150")
     assert c.split_url_and_args(["t"], None, minimum=1, maximum=2, usage="x")[0] == "nsq://h:4150"
     # a positional URL wins over the environment, --broker too
-    assert c.split_url_and_args(["zmq://h", "t"], None, minimum=1, maximum=2, usage="x")[0] == (
-        "zmq://h"
-    )
-    assert c.split_url_and_args(["t"], "mqtt://h", minimum=1, maximum=2, usage="x")[0] == (
-        "mqtt://h"
-    )
+    assert c.split_url_and_args(["zmq://h", "t"], None, minimum=1, maximum=2, usage="x")[0] == ("zmq://h")
+    assert c.split_url_and_args(["t"], "mqtt://h", minimum=1, maximum=2, usage="x")[0] == ("mqtt://h")
 
 
 def test_split_endpoints() -> None:
@@ -156,9 +150,7 @@ def test_error_line_is_one_redacted_line() -> None:
 
 
 def test_tail_formats() -> None:
-    message = Message(
-        "orders", b"\xffvalue", b"k\n1", {"h": b"v", "bin": b"\x80"}, 3, 42, 1700000000.5
-    )
+    message = Message("orders", b"\xffvalue", b"k\n1", {"h": b"v", "bin": b"\x80"}, 3, 42, 1700000000.5)
     text = format_text(message, message.value)
     assert text == "orders[3]@42 key=k\\n1 headers={h=v,bin=base64:gA==} base64:/3ZhbHVl"
     obj = json.loads(format_json(message, message.value))
