@@ -81,7 +81,7 @@ What it cannot do: delay or dead-letter on nack (Kafka has no per-message requeu
 replays the partition from that offset). A rebalance redelivers messages that were handed
 out but not acked yet (eager rebalancing). Header values that are null on the wire arrive
 as ``b""``. The size limit of a source topic is the broker's (``MessageTooLarge`` comes
-back from the broker then, after the attempt).
+back from the broker then, after the attempt, naming the topic's ``max.message.bytes``).
 """
 
 from __future__ import annotations
@@ -153,6 +153,8 @@ DECLARED = "anychannel:declared"
 DEFAULT_MAX_MESSAGE_SIZE = 1_000_000
 #: bytes a record batch adds around one record (batch header, varints, header names)
 _OVERHEAD = 64 * 1024
+#: bytes a record batch with one small record adds (header 61, record framing ~20)
+_BATCH_OVERHEAD = 128
 _LEGAL_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 _UNKNOWN_TOPIC = 3
 _TOPIC_EXISTS = 36
@@ -160,9 +162,7 @@ _TOPIC_EXISTS = 36
 
 # ------------------------------------------------------------------------------ errors
 
-_TABLE: tuple[
-    tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]], ...
-] = (
+_TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]], ...] = (
     ((kerr.KafkaTimeoutError, kerr.RequestTimedOutError), Timeout),
     (
         (
@@ -206,15 +206,14 @@ _TABLE: tuple[
 )
 
 
-_SPECIFIC = tuple(
-    t for types, _ in _TABLE[:-1] for t in (types if isinstance(types, tuple) else (types,))
-)
+_SPECIFIC = tuple(t for types, _ in _TABLE[:-1] for t in (types if isinstance(types, tuple) else (types,)))
+
+
+_TOO_LARGE = (kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError, kerr.RecordListTooLargeError)
 
 
 @contextlib.contextmanager
-def map_errors(
-    url: BrokerURL, what: str = "", *, topic: str = "", size: int = 0, limit: int = 0
-) -> Iterator[None]:
+def map_errors(url: BrokerURL, what: str = "", *, topic: str = "", size: int = 0, limit: int = 0) -> Iterator[None]:
     """The one place where aiokafka's exceptions become ``channels.errors``.
 
     Size errors become ``MessageTooLarge`` (with ``size`` and ``limit``), an unknown topic
@@ -224,11 +223,7 @@ def map_errors(
     with translate_errors(_TABLE, url, what):
         try:
             yield
-        except (
-            kerr.MessageSizeTooLargeError,
-            kerr.RecordTooLargeError,
-            kerr.RecordListTooLargeError,
-        ) as exc:
+        except _TOO_LARGE as exc:
             raise MessageTooLarge(size, limit, topic=topic, broker=url) from exc
         except kerr.UnknownTopicOrPartitionError as exc:
             raise TopicNotFound(topic or "?", broker=url) from exc
@@ -301,13 +296,9 @@ def _parse_config(url: BrokerURL) -> _Config:
         mechanism = "PLAIN"
     if mechanism:
         if mechanism not in _SASL:
-            raise ConfigurationError(
-                f"sasl_mechanism must be one of {', '.join(_SASL)}, not {mechanism!r}", broker=url
-            )
+            raise ConfigurationError(f"sasl_mechanism must be one of {', '.join(_SASL)}, not {mechanism!r}", broker=url)
         if url.username is None or url.password is None:
-            raise ConfigurationError(
-                f"sasl_mechanism={mechanism} needs user:password in the URL", broker=url
-            )
+            raise ConfigurationError(f"sasl_mechanism={mechanism} needs user:password in the URL", broker=url)
         sasl = {
             "sasl_mechanism": mechanism,
             "sasl_plain_username": url.username,
@@ -317,9 +308,7 @@ def _parse_config(url: BrokerURL) -> _Config:
     else:
         security = "SSL" if tls else "PLAINTEXT"
 
-    ssl_files = {
-        name: url.option(name, "") for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
-    }
+    ssl_files = {name: url.option(name, "") for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")}
     key_password = url.option("ssl_keyfile_password", "")
     context: ssl.SSLContext | None = None
     if tls:
@@ -333,9 +322,7 @@ def _parse_config(url: BrokerURL) -> _Config:
                 password=key_password or None,
             )
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(
-                f"cannot load the TLS files: {exc.strerror or exc}", broker=url
-            ) from None
+            raise ConfigurationError(f"cannot load the TLS files: {exc.strerror or exc}", broker=url) from None
     elif any(ssl_files.values()):
         raise ConfigurationError("ssl_* options need the kafka+ssl:// scheme", broker=url)
 
@@ -556,9 +543,7 @@ class _KafkaSubscription(Subscription):
             with contextlib.suppress(Exception):
                 await consumer.stop()
             raise
-        self.commit_task = asyncio.create_task(
-            self._commit_loop(), name=f"kafka-commit-{spec.group}"
-        )
+        self.commit_task = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{spec.group}")
 
     async def close(self) -> None:
         if self.closed:
@@ -613,10 +598,7 @@ class _KafkaSubscription(Subscription):
             for record in batch:
                 offset = record.offset
                 state.deliver(offset)
-                headers = {
-                    name: (value if value is not None else b"")
-                    for name, value in record.headers or ()
-                }
+                headers = {name: (value if value is not None else b"") for name, value in record.headers or ()}
                 out.append(
                     Message(
                         record.topic,
@@ -625,9 +607,7 @@ class _KafkaSubscription(Subscription):
                         headers,
                         record.partition,
                         offset,
-                        record.timestamp / 1000
-                        if record.timestamp is not None and record.timestamp >= 0
-                        else None,
+                        record.timestamp / 1000 if record.timestamp is not None and record.timestamp >= 0 else None,
                         (tp, offset, state.generation),
                         offset <= state.high,
                     )
@@ -642,9 +622,7 @@ class _KafkaSubscription(Subscription):
 
     def _state_for(self, message: Message) -> tuple[TopicPartition, int, _PartitionState] | None:
         token = message.token
-        if not (
-            isinstance(token, tuple) and len(token) == 3 and isinstance(token[0], TopicPartition)
-        ):
+        if not (isinstance(token, tuple) and len(token) == 3 and isinstance(token[0], TopicPartition)):
             return None
         tp, offset, generation = token
         state = self.states.get(tp)
@@ -735,9 +713,7 @@ class _KafkaSubscription(Subscription):
                 coordinator = getattr(consumer, "_coordinator", None)
                 if coordinator is None:
                     return
-                await asyncio.wait_for(
-                    coordinator.commit_offsets(None, offsets), self.commit_timeout
-                )
+                await asyncio.wait_for(coordinator.commit_offsets(None, offsets), self.commit_timeout)
             for tp, meta in offsets.items():
                 state = self.states.get(tp)
                 if state is not None:
@@ -789,9 +765,7 @@ class _KafkaSubscription(Subscription):
                 raise
             except Exception as exc:
                 # A rebalance or a restarting broker: the acks stay recorded, try again.
-                log.warning(
-                    "offset commit for group %s failed (will retry): %r", self.spec.group, exc
-                )
+                log.warning("offset commit for group %s failed (will retry): %r", self.spec.group, exc)
 
     # -- rebalance callbacks (run inside aiokafka's coordinator task) --------------------
 
@@ -830,9 +804,7 @@ class _KafkaSubscription(Subscription):
             return
         try:
             committed = await self.transport._committed(self.spec.group, assigned)
-            fresh = [
-                tp for tp in assigned if tp in committed and committed[tp].metadata == DECLARED
-            ]
+            fresh = [tp for tp in assigned if tp in committed and committed[tp].metadata == DECLARED]
             if fresh:
                 beginnings = await consumer.beginning_offsets(fresh)
                 for tp in fresh:
@@ -881,9 +853,7 @@ class KafkaTransport(Transport):
 
     def validate_topic_name(self, name: str) -> None:
         if name in (".", "..") or not _LEGAL_NAME.match(name):
-            raise ConfigurationError(
-                f"Kafka topic names use only ASCII letters, digits, '.', '_' and '-': {name!r}"
-            )
+            raise ConfigurationError(f"Kafka topic names use only ASCII letters, digits, '.', '_' and '-': {name!r}")
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -970,9 +940,7 @@ class KafkaTransport(Transport):
         with map_errors(self.url, "listing topics"):
             return list(await self.admin.list_topics())
 
-    async def _committed(
-        self, group: str, tps: Iterable[TopicPartition]
-    ) -> dict[TopicPartition, OffsetAndMetadata]:
+    async def _committed(self, group: str, tps: Iterable[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
         with map_errors(self.url, f"reading offsets of group {group!r}"):
             found = await self.admin.list_consumer_group_offsets(group, partitions=list(tps))
         return {tp: meta for tp, meta in found.items() if meta.offset >= 0}
@@ -985,9 +953,7 @@ class KafkaTransport(Transport):
             if count is None:
                 raise TopicNotFound(name, broker=self.url)
             tps.extend(TopicPartition(name, p) for p in range(count))
-        consumer = AIOKafkaConsumer(
-            group_id=group, enable_auto_commit=False, **self.config.common()
-        )
+        consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False, **self.config.common())
         try:
             with map_errors(self.url, f"starting group {group!r}"):
                 await consumer.start()
@@ -995,9 +961,7 @@ class KafkaTransport(Transport):
                 # End offsets first, then the check: a racing declare can only start earlier.
                 ends = await consumer.end_offsets(tps)
             committed = await self._committed(group, tps)
-            missing = {
-                tp: OffsetAndMetadata(ends[tp], DECLARED) for tp in tps if tp not in committed
-            }
+            missing = {tp: OffsetAndMetadata(ends[tp], DECLARED) for tp in tps if tp not in committed}
             if not missing:
                 return
             try:
@@ -1035,9 +999,7 @@ class KafkaTransport(Transport):
         if self.config.max_message_size > DEFAULT_MAX_MESSAGE_SIZE:
             configs["max.message.bytes"] = str(self.config.max_message_size + _OVERHEAD)
         configs.update({str(k): str(v) for k, v in topic.config.items()})
-        new = NewTopic(
-            topic.name, wanted, topic.replicas or self.config.replicas, topic_configs=configs
-        )
+        new = NewTopic(topic.name, wanted, topic.replicas or self.config.replicas, topic_configs=configs)
         with map_errors(self.url, f"creating topic {topic.name!r}", topic=topic.name):
             response = await self.admin.create_topics([new])
         for name, code, message in response.topic_errors:
@@ -1088,8 +1050,7 @@ class KafkaTransport(Transport):
                 count = await self._partition_count(message.topic)
                 if message.partition is not None and message.partition >= count:
                     raise ConfigurationError(
-                        f"partition {message.partition} does not exist: "
-                        f"topic {message.topic!r} has {count}",
+                        f"partition {message.partition} does not exist: topic {message.topic!r} has {count}",
                         broker=self.url,
                     )
                 with map_errors(
@@ -1105,11 +1066,7 @@ class KafkaTransport(Transport):
                             message.value,
                             message.key if message.key is not None else _NO_KEY,
                             partition=message.partition,
-                            timestamp_ms=(
-                                int(message.timestamp * 1000)
-                                if message.timestamp is not None
-                                else None
-                            ),
+                            timestamp_ms=(int(message.timestamp * 1000) if message.timestamp is not None else None),
                             headers=list(message.headers.items()),
                         )
                     )
@@ -1122,6 +1079,9 @@ class KafkaTransport(Transport):
         results: list[RecordMetadata] = []
         for message, outcome in zip(messages, outcomes, strict=True):
             if isinstance(outcome, BaseException):
+                if isinstance(outcome, _TOO_LARGE):
+                    # The topic's own limit is below ours (a source topic): name it.
+                    limit = await self._topic_limit(message.topic) or limit
                 with map_errors(
                     self.url,
                     f"sending to {message.topic!r}",
@@ -1131,11 +1091,24 @@ class KafkaTransport(Transport):
                 ):
                     raise outcome
             md = outcome
-            timestamp = (
-                md.timestamp / 1000 if md.timestamp is not None and md.timestamp >= 0 else None
-            )
+            timestamp = md.timestamp / 1000 if md.timestamp is not None and md.timestamp >= 0 else None
             results.append(RecordMetadata(md.topic, md.partition, md.offset, timestamp))
         return results
+
+    async def _topic_limit(self, name: str) -> int | None:
+        """The topic's ``max.message.bytes`` minus the batch around a record, if readable."""
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        resource = ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": None})
+        try:
+            responses = await asyncio.wait_for(self.admin.describe_configs([resource]), 10)
+            for _, _, _, _, entries in responses[0].resources:
+                for entry in entries:
+                    if entry[0] == "max.message.bytes":
+                        return max(0, int(entry[1]) - _BATCH_OVERHEAD)
+        except Exception as exc:  # only for the error message
+            log.debug("cannot read max.message.bytes of %s: %r", name, exc)
+        return None
 
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
         self.producer  # noqa: B018 - raises ClosedError when not connected

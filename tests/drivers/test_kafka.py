@@ -13,22 +13,26 @@ import asyncio
 import contextlib
 import os
 import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
 from channels import App
-from channels.errors import ConfigurationError, MessageTooLarge, TopicNotFound
+from channels.errors import ConfigurationError, ConnectionFailed, MessageTooLarge, TopicNotFound
 from channels.events import Message
 from channels.url import parse_url
 from transports.base import Subscription, SubscriptionSpec, TopicSpec
 from transports.kafka import DECLARED, KafkaTransport, partition_for_key
 
 URL = os.environ.get("CHANNELS_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
+ROOT = Path(__file__).resolve().parents[2]
+HAS_BROKERS_SCRIPT = (ROOT / "scripts" / "brokers").exists()
 FAST = {"commit_interval_ms": "200"}
 
 
@@ -41,9 +45,7 @@ def _kafka_up() -> bool:
         return False
 
 
-needs_kafka = pytest.mark.skipif(
-    not _kafka_up(), reason="Kafka is not running (scripts/brokers up kafka)"
-)
+needs_kafka = pytest.mark.skipif(not _kafka_up(), reason="Kafka is not running (scripts/brokers up kafka)")
 
 
 def name(prefix: str = "t") -> str:
@@ -101,9 +103,7 @@ async def nothing_within(sub: Subscription, seconds: float) -> None:
         pytest.fail(f"unexpected messages {got}")
 
 
-async def eventually(
-    check: Callable[[], Awaitable[bool]], timeout: float = 15, what: str = ""
-) -> None:
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"not within {timeout}s: {what}"
@@ -159,10 +159,7 @@ def test_options_are_parsed() -> None:
     assert transport("kafka://u:pw@h").config.sasl["sasl_mechanism"] == "PLAIN"
     tls = transport("kafka+ssl://h:9093")
     assert tls.config.security_protocol == "SSL" and tls.config.ssl_context is not None
-    assert (
-        transport("kafka+ssl://u:pw@h", sasl_mechanism="PLAIN").config.security_protocol
-        == "SASL_SSL"
-    )
+    assert transport("kafka+ssl://u:pw@h", sasl_mechanism="PLAIN").config.security_protocol == "SASL_SSL"
 
 
 @pytest.mark.parametrize(
@@ -331,9 +328,7 @@ async def test_revoke_commits_and_forgets_the_partition() -> None:
     topic, group = name("revoke"), name("g")
     async with connected(commit_interval_ms="60000") as t:
         await t.declare(TopicSpec(topic, internal=True, partitions=2), group)
-        await t.publish(
-            [Message(topic, f"{p}-{i}".encode(), partition=p) for p in (0, 1) for i in range(3)]
-        )
+        await t.publish([Message(topic, f"{p}-{i}".encode(), partition=p) for p in (0, 1) for i in range(3)])
         a = await t.subscribe(spec(topic, group, partitions=2))
         got = await receive(a, 6)
         first = {p: [m for m in got if m.partition == p] for p in (0, 1)}
@@ -398,9 +393,7 @@ async def test_internal_topic_config_is_applied() -> None:
                 config={"min.compaction.lag.ms": "1000"},
             )
         )
-        [response] = await t.admin.describe_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic)]
-        )
+        [response] = await t.admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
         values = {entry[0]: entry[1] for entry in response.resources[0][4]}
         assert values["retention.ms"] == "3600000"
         assert values["cleanup.policy"] == "compact"
@@ -502,9 +495,7 @@ async def test_receive_is_cancel_safe() -> None:
         await t.declare(TopicSpec(topic, internal=True, partitions=2), group)
         sub = await t.subscribe(spec(topic, group, partitions=2, prefetch=1000))
         total = 300
-        sender = asyncio.create_task(
-            publish_values(t, topic, [str(i).encode() for i in range(total)])
-        )
+        sender = asyncio.create_task(publish_values(t, topic, [str(i).encode() for i in range(total)]))
         seen: list[bytes | None] = []
         deadline = time.monotonic() + 60
         while len(seen) < total and time.monotonic() < deadline:
@@ -561,3 +552,82 @@ async def test_tombstones_empty_values_and_header_bytes() -> None:
         ]
         assert got[0].headers == headers
         await sub.close()
+
+
+@needs_kafka
+async def test_broker_restart_keeps_acked_work_and_reconnects() -> None:
+    root = ROOT
+    if not HAS_BROKERS_SCRIPT:
+        pytest.skip("needs scripts/brokers to restart Kafka")
+    topic, group = name("restart"), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True, partitions=2), group)
+        sub = await t.subscribe(spec(topic, group, partitions=2))
+        await publish_values(t, topic, [f"a{i}".encode() for i in range(50)])
+        first = await receive(sub, 50)
+        await sub.ack(first)
+
+        async def all_committed() -> bool:
+            found = await t._committed(group, [TopicPartition(topic, p) for p in (0, 1)])
+            return bool(sum(meta.offset for meta in found.values()) == 50)
+
+        await eventually(all_committed, what="50 acked offsets committed")
+        started = time.monotonic()
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(root / "scripts" / "brokers"), "restart", "kafka"],
+            cwd=root,
+            check=True,
+            timeout=240,
+            capture_output=True,
+        )
+        restart_seconds = time.monotonic() - started
+        # The same transport and subscription carry on: sends succeed again, the member
+        # receives the new messages and none of the acked ones comes back.
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                await asyncio.wait_for(publish_values(t, topic, [f"b{i}".encode() for i in range(50)]), 60)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "publishing never worked after the restart"
+                await asyncio.sleep(1)
+        second = await receive(sub, 50, timeout=120)
+        values = sorted(m.value or b"" for m in second)
+        assert values == sorted(f"b{i}".encode() for i in range(50)), (
+            f"after a {restart_seconds:.0f}s restart: {values[:5]}..."
+        )
+        await sub.ack(second)
+
+        async def hundred_committed() -> bool:
+            found = await t._committed(group, [TopicPartition(topic, p) for p in (0, 1)])
+            return bool(sum(meta.offset for meta in found.values()) == 100)
+
+        await eventually(hundred_committed, timeout=60, what="commits work after the restart")
+        await sub.close()
+
+
+@needs_kafka
+async def test_source_topic_limit_is_named_when_the_broker_refuses() -> None:
+    topic = name("small")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True, config={"max.message.bytes": "4096"}))
+    source = transport(**FAST)  # sees it as a source topic: only the broker knows its limit
+    await source.connect()
+    try:
+        await source.declare(TopicSpec(topic))
+        with pytest.raises(MessageTooLarge) as info:
+            await source.publish([Message(topic, b"x" * 20_000)])
+        assert info.value.limit == 4096 - 128 and info.value.size == 20_000
+        md = await source.publish([Message(topic, b"x" * 3000)])
+        assert md[0].offset == 0
+    finally:
+        await source.close()
+
+
+async def test_unreachable_broker_is_connection_failed() -> None:
+    t = transport("kafka://alice:pw-Secret9@127.0.0.1:1", sasl_mechanism="PLAIN")
+    with pytest.raises(ConnectionFailed) as info:
+        await asyncio.wait_for(t.connect(), 60)
+    assert "pw-Secret9" not in str(info.value)
+    assert "127.0.0.1:1" in str(info.value) and info.value.retryable
