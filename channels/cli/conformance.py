@@ -40,25 +40,19 @@ def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "conformance",
         help="run the conformance suite against a broker URL",
-        description=(__doc__ or "").split("\n\n")[0],
+        description="Run the conformance suite against any broker URL and print the matrix.",
         epilog="Example: channels conformance memory:// --json memory.json",
     )
-    parser.add_argument("url", metavar="URL", help="broker URL, e.g. kafka://127.0.0.1:9092")
+    parser.add_argument("url", metavar="URL", nargs="?", help="broker URL, e.g. kafka://127.0.0.1:9092")
     parser.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
-    parser.add_argument(
-        "-k", dest="keyword", metavar="EXPR", help="only cases matching EXPR (pytest -k)"
-    )
+    parser.add_argument("-k", dest="keyword", metavar="EXPR", help="only cases matching EXPR (pytest -k)")
     parser.add_argument(
         "--restart-command",
         metavar="CMD",
         help="command (shell words) that restarts the broker, for the persistence case",
     )
-    parser.add_argument(
-        "--timeout-scale", type=float, default=1.0, metavar="X", help="multiply every wait by X"
-    )
-    parser.add_argument(
-        "--list", action="store_true", help="list the cases and their gates, run nothing"
-    )
+    parser.add_argument("--timeout-scale", type=float, default=1.0, metavar="X", help="multiply every wait by X")
+    parser.add_argument("--list", action="store_true", help="list the cases and their gates, run nothing")
     parser.add_argument("-x", "--exitfirst", action="store_true", help="stop at the first failure")
     parser.set_defaults(func=_main)
 
@@ -80,9 +74,7 @@ class ResultCollector:
 
     def pytest_runtest_logreport(self, report: Any) -> None:
         name = self.case_name(report.nodeid)
-        entry = self.cases.setdefault(
-            name, {"name": name, "outcome": "not run", "reason": "", "seconds": 0.0}
-        )
+        entry = self.cases.setdefault(name, {"name": name, "outcome": "not run", "reason": "", "seconds": 0.0})
         entry["seconds"] = round(entry["seconds"] + report.duration, 3)
         if report.skipped:
             entry["outcome"] = "skipped"
@@ -135,18 +127,20 @@ def run_suite(
 
 
 def _main(args: argparse.Namespace) -> int:
-    missing = [
-        name for name in ("pytest", "pytest_asyncio") if importlib.util.find_spec(name) is None
-    ]
+    missing = [name for name in ("pytest", "pytest_asyncio") if importlib.util.find_spec(name) is None]
     if missing:
         print(
-            f"channels conformance: needs {', '.join(missing)} "
-            "(pip install pytest pytest-asyncio pytest-timeout)",
+            f"channels conformance: needs {', '.join(missing)} (pip install pytest pytest-asyncio pytest-timeout)",
             file=sys.stderr,
         )
         return EXIT_USAGE
     from rich.console import Console
 
+    if args.list:
+        return _list_cases(Console())
+    if not args.url:
+        print("channels conformance: a broker URL is required", file=sys.stderr)
+        return EXIT_USAGE
     harness = Harness(
         url=args.url,
         restart_command=shlex.split(args.restart_command) if args.restart_command else None,
@@ -154,10 +148,13 @@ def _main(args: argparse.Namespace) -> int:
     )
     caps = harness.capabilities()  # ConfigurationError: bad URL or driver missing (exit 2)
     console = Console()
-    if args.list:
-        return _list_cases(console)
     # One connection first: an unreachable broker is exit 2 at once, not 41 slow failures.
     asyncio.run(_preflight(harness))
+    if caps.persistent and not harness.can_restart:
+        console.print(
+            "[yellow]note:[/] the driver claims 'persistent'; without --restart-command the "
+            "case broker_restart_loses_nothing fails (it cannot be proven otherwise)"
+        )
     code, cases = run_suite(harness, keyword=args.keyword, exitfirst=args.exitfirst)
     if code in (
         pytest_exit("INTERRUPTED"),
@@ -204,9 +201,7 @@ def pytest_exit(name: str) -> int:
     return int(getattr(pytest.ExitCode, name))
 
 
-def _print_matrix(
-    console: Any, harness: Harness, cases: list[dict[str, Any]], summary: dict[str, int]
-) -> None:
+def _print_matrix(console: Any, harness: Harness, cases: list[dict[str, Any]], summary: dict[str, int]) -> None:
     from rich.table import Table
 
     table = Table(title=f"conformance of {harness.driver_name()} at {harness.redacted_url()}")

@@ -248,9 +248,15 @@ class Context:
         finally:
             for task in tasks:
                 task.cancel()
-            results = await asyncio.gather(*tasks, return_exceptions=True)
+            _, stuck = await asyncio.wait(tasks, timeout=self.t(15))
+        if stuck:
+            raise AssertionError(
+                f"{len(stuck)} member(s) did not stop within {self.t(15):.1f}s of being cancelled "
+                f"in get() (a receive must be cancellable): {tally.summary()}"
+            )
+        results = [t.exception() if not t.cancelled() else None for t in tasks]
         for result in results:
-            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+            if result is not None:
                 raise result
         if not done:
             prefix = f"{what}: " if what else ""
@@ -1378,5 +1384,5 @@ def describe_cases() -> list[tuple[str, str, str]]:
     out = []
     for info in CASES.values():
         gate = ", ".join([*info.requires, *(f"not {f}" for f in info.requires_not)])
-        out.append((info.name, gate, info.doc.split("\n\n")[0].replace("\n", " ")))
+        out.append((info.name, gate, " ".join(info.doc.split("\n\n")[0].split())))
     return out
