@@ -746,6 +746,9 @@ class MqttSubscription(Subscription):
         self.receive_maximum = min(opts.receive_maximum or prefetch, 65_535)
         # QoS 0 is not flow-controlled by the broker: keep at most this many, drop the rest.
         self.qos0_limit = max(1000, 10 * prefetch)
+        self.prefetch = prefetch
+        #: messages handed out and not yet acked, by id of their token
+        self._outstanding: dict[int, Any] = {}
         self.legs: list[_Leg] = []
         self._buffer: deque[Message] = deque()
         self._wake = asyncio.Event()
@@ -785,9 +788,14 @@ class MqttSubscription(Subscription):
         while True:
             if self.closed:
                 raise ClosedError("subscription is closed", broker=self.transport.url)
-            if self._buffer:
-                count = min(max(1, max_messages), len(self._buffer))
-                return [self._buffer.popleft() for _ in range(count)]
+            # The broker's Receive Maximum is the window already, but Mosquitto 2.0.11 was
+            # seen sending one message over it after a window of acks: count here too.
+            room = min(max(1, max_messages), self.prefetch - len(self._outstanding))
+            if self._buffer and room > 0:
+                out = [self._buffer.popleft() for _ in range(min(room, len(self._buffer)))]
+                for message in out:
+                    self._outstanding[id(message.token)] = message.token
+                return out
             if self._error is not None:
                 raise self._error
             self._wake.clear()
@@ -800,6 +808,8 @@ class MqttSubscription(Subscription):
                 leg, link, entry = token
                 if leg.sub is self:
                     leg.ack(link, entry)
+                if self._outstanding.pop(id(token), None) is not None:
+                    self._wake.set()
 
     async def nack(self, messages: Sequence[Message], requeue: bool = True) -> None:
         if requeue:

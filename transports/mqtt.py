@@ -35,8 +35,9 @@ and dropped). A lost connection is re-established with the same session and resu
 Reliance on aiomqtt internals (hence the pin ``aiomqtt==2.5.1``): aiomqtt has no manual-ack
 option, so the driver reaches the paho client at ``aiomqtt.Client._client`` to call
 ``manual_ack_set(True)`` and ``ack(mid, qos)``, installs its own paho ``on_message`` (to see
-the DUP flag and receive from the instant of CONNACK) and watches ``Client._disconnected``
-to notice a dropped connection.
+the DUP flag and receive from the instant of CONNACK) and ``on_publish`` (publishing through
+paho directly: aiomqtt's ``publish`` costs a task and a scan of its pending calls per
+message), and watches ``Client._disconnected`` to notice a dropped connection.
 
 Capabilities (the same as ``gmqtt://``): persistent, consumer_groups, fanout_groups, ack,
 native headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
@@ -64,7 +65,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import select
 from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from typing import Any, ClassVar
@@ -75,7 +76,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from channels.errors import ConnectionFailed
+from channels.errors import ConnectionFailed, MessageTooLarge
 from transports._mqtt_common import (
     Incoming,
     Link,
@@ -106,7 +107,7 @@ class AiomqttLink(Link):
     def __init__(self, opts: MqttOptions, config: LinkConfig) -> None:
         super().__init__(opts, config)
         self.client: aiomqtt.Client | None = None
-        self._publishes: set[asyncio.Future[None]] = set()
+        self._publishes: dict[int, asyncio.Future[None]] = {}
         self._entered = False
         self.session_present = False
 
@@ -142,11 +143,38 @@ class AiomqttLink(Link):
         raw = client._client
         raw.manual_ack_set(True)
         raw.on_message = self._on_paho_message
+        raw.on_publish = self._on_paho_publish
         self.client = client
         await client.__aenter__()
         self._entered = True
         client._disconnected.add_done_callback(self._on_disconnected)
+        sock = raw.socket()
+        if sock is not None:
+            # aiomqtt's reader handles one packet per event-loop turn; this one drains what
+            # the socket holds (the same work, far fewer loop turns under load).
+            asyncio.get_running_loop().add_reader(sock.fileno(), self._read)
         return self.session_present
+
+    def _read(self) -> None:
+        client = self.client
+        if client is None:
+            return
+        raw = client._client
+        try:
+            for _ in range(1000):
+                if raw.loop_read() != paho.MQTT_ERR_SUCCESS:
+                    break
+                sock = raw.socket()
+                if sock is None:
+                    break
+                pending = getattr(sock, "pending", None)
+                if pending is not None and pending() > 0:
+                    continue
+                if not select.select([sock], [], [], 0)[0]:
+                    break
+        except Exception as exc:  # a broken connection: aiomqtt's reader does the same
+            if not client._disconnected.done():
+                client._disconnected.set_exception(exc)
 
     def _on_paho_message(self, _client: Any, _userdata: Any, msg: paho.MQTTMessage) -> None:
         if self.closed or self.config.on_message is None:
@@ -172,11 +200,14 @@ class AiomqttLink(Link):
 
     def _on_disconnected(self, fut: asyncio.Future[None]) -> None:
         exc = None if fut.cancelled() else fut.exception()
-        for pub in self._publishes:
-            if not pub.done():
-                pub.set_exception(ConnectionFailed("the connection dropped before the PUBACK"))
-        self._publishes.clear()
+        self._fail_publishes("the connection dropped before the PUBACK")
         self._report_lost(_reason(exc))
+
+    def _fail_publishes(self, text: str) -> None:
+        publishes, self._publishes = self._publishes, {}
+        for pub in publishes.values():
+            if not pub.done():
+                pub.set_exception(ConnectionFailed(text))
 
     async def subscribe(self, filters: Sequence[str], qos: int) -> None:
         assert self.client is not None
@@ -209,25 +240,30 @@ class AiomqttLink(Link):
                 properties.UserProperty = meta.user_properties
             if meta.content_type is not None:
                 properties.ContentType = meta.content_type
-        task = asyncio.ensure_future(
-            client.publish(topic, meta.payload, qos=qos, properties=properties, timeout=math.inf)
-        )
+        # paho directly (aiomqtt's publish is one task, event and linear scan of its
+        # pending calls per message): the PUBACK resolves the future in _on_paho_publish.
+        info = client._client.publish(topic, meta.payload, qos, False, properties)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            if info.rc == paho.MQTT_ERR_PAYLOAD_SIZE:
+                raise MessageTooLarge(len(meta.payload), self.opts.max_message_size, topic=topic)
+            raise ConnectionFailed(f"publish failed: {paho.error_string(info.rc)}")
+        if qos == 0:
+            return None
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._publishes.add(done)
-
-        def settle(t: asyncio.Future[None]) -> None:
-            self._publishes.discard(done)
-            if done.done():
-                return
-            if t.cancelled():
-                done.set_exception(ConnectionFailed("publish cancelled"))
-            elif t.exception() is not None:
-                done.set_exception(t.exception())  # type: ignore[arg-type]
-            else:
-                done.set_result(None)
-
-        task.add_done_callback(settle)
+        self._publishes[info.mid] = done
         return done
+
+    def _on_paho_publish(
+        self, _client: Any, _userdata: Any, mid: int, reason: Any, _properties: Any
+    ) -> None:
+        done = self._publishes.pop(mid, None)
+        if done is None or done.done():
+            return
+        code = getattr(reason, "value", 0)
+        if isinstance(code, int) and code >= 0x80:
+            done.set_exception(ConnectionFailed(f"the broker refused the publish: {reason}"))
+        else:
+            done.set_result(None)
 
     def release(self, handle: Any) -> None:
         if self.client is None or self.closed or self.lost:
@@ -255,10 +291,7 @@ class AiomqttLink(Link):
             with contextlib.suppress(Exception):
                 await client.__aexit__(None, None, None)
         finally:
-            for pub in self._publishes:
-                if not pub.done():
-                    pub.set_exception(ConnectionFailed("the connection closed before the PUBACK"))
-            self._publishes.clear()
+            self._fail_publishes("the connection closed before the PUBACK")
 
 
 class MqttTransport(MqttTransportBase):
