@@ -4,6 +4,10 @@
 conformance suite for URL to whatever else pytest collects. Without either, the plugin only
 adds its command-line options and changes nothing.
 
+Fixtures for a driver author's own tests: ``channels_url`` (the URL given by option or
+environment) and ``channels_harness`` (a :class:`Harness` for it); both skip the test when
+no URL was given.
+
 Options: ``--channels-url URL``, ``--channels-restart-command CMD`` (shell words; also
 ``CHANNELS_CONFORMANCE_RESTART``), ``--channels-timeout-scale X`` (also
 ``CHANNELS_CONFORMANCE_TIMEOUT_SCALE``).
@@ -15,12 +19,10 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import pytest
 
 from channels.testing.harness import Harness
-
-if TYPE_CHECKING:
-    import pytest
 
 __all__ = ["SUITE_MODULE", "ConformancePlugin", "active_harness"]
 
@@ -92,13 +94,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+def _harness_from(config: pytest.Config) -> Harness | None:
+    url = config.getoption("channels_url", None) or os.environ.get(ENV_URL)
+    if not url:
+        return None
+    restart = config.getoption("channels_restart_command", None) or os.environ.get(ENV_RESTART)
+    scale = config.getoption("channels_timeout_scale", None)
+    if scale is None:
+        scale = float(os.environ.get(ENV_SCALE) or 1.0)
+    return Harness(
+        url=url,
+        restart_command=shlex.split(restart) if restart else None,
+        timeout_scale=scale,
+    )
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not config.pluginmanager.hasplugin("timeout"):
         config.addinivalue_line("markers", "timeout(seconds): time limit (pytest-timeout)")
-    url = config.getoption("channels_url", None) or os.environ.get(ENV_URL)
-    if not url:
-        return
-    restart = config.getoption("channels_restart_command", None) or os.environ.get(ENV_RESTART)
-    scale = config.getoption("channels_timeout_scale", None) or float(os.environ.get(ENV_SCALE) or 1.0)
-    harness = Harness(url=url, restart_command=shlex.split(restart) if restart else None, timeout_scale=scale)
-    config.pluginmanager.register(ConformancePlugin(harness), "channels-conformance")
+    harness = _harness_from(config)
+    if harness is not None:
+        config.pluginmanager.register(ConformancePlugin(harness), "channels-conformance")
+
+
+@pytest.fixture
+def channels_harness(request: pytest.FixtureRequest) -> Harness:
+    """A Harness for the URL of ``--channels-url`` / ``$CHANNELS_CONFORMANCE_URL``."""
+    harness = _active or _harness_from(request.config)
+    if harness is None:
+        pytest.skip(f"no broker URL: give --channels-url or ${ENV_URL}")
+    return harness
+
+
+@pytest.fixture
+def channels_url(channels_harness: Harness) -> str:
+    """The broker URL of ``--channels-url`` / ``$CHANNELS_CONFORMANCE_URL``."""
+    return channels_harness.url

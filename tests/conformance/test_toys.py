@@ -117,6 +117,21 @@ def test_plugin_inactive_unless_asked(tmp_path: Path) -> None:
     assert f"{len(CASES) + 1} tests collected" in by_env.stdout, by_env.stdout
 
 
+def test_plugin_fixtures(tmp_path: Path) -> None:
+    (tmp_path / "test_fixture.py").write_text(
+        "def test_url(channels_url, channels_harness):\n"
+        "    assert channels_url == channels_harness.url == 'memory://?partitions=2'\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CHANNELS_CONFORMANCE_URL"}
+    without = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rs", "test_fixture.py"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert "1 skipped" in without.stdout and "--channels-url" in without.stdout, without.stdout
+    given = _pytest(tmp_path, "test_fixture.py", "--channels-url", "memory://?partitions=2", "-k", "url")
+    assert "1 passed" in given.stdout, given.stdout
+
+
 def test_cli_reports_failure(tmp_path: Path) -> None:
     out = tmp_path / "lossy.json"
     status = channels_main(
