@@ -109,6 +109,14 @@ class Context:
         self.caps = caps
         self.case = case
         self._apps: list[App] = []
+        #: what the case is doing, for the message when the whole case times out
+        self.status: Callable[[], str] = lambda: "starting"
+
+    def doing(self, what: str, tally: Tally | None = None) -> None:
+        if tally is None:
+            self.status = lambda: what
+        else:
+            self.status = lambda: f"{what}: {tally.summary()}"
 
     # -- helpers -----------------------------------------------------------------------
 
@@ -144,6 +152,7 @@ class Context:
     async def bounded(self, aw: Awaitable[T], seconds: float, what: str) -> T:
         """Await ``aw`` for at most ``seconds`` (scaled); AssertionError naming ``what``."""
         limit = self.t(seconds)
+        self.doing(what)
         try:
             return await asyncio.wait_for(aw, limit)
         except TimeoutError as exc:
@@ -202,6 +211,7 @@ class Context:
         what: str = "",
     ) -> None:
         """Receive into ``tally`` until it is complete (and ``until()``), bounded."""
+        self.doing(f"receiving {what}".strip(), tally)
         loop = asyncio.get_running_loop()
         limit = self.t(seconds)
         deadline = loop.time() + limit
@@ -232,6 +242,7 @@ class Context:
     ) -> list[int]:
         """Receive on several members of a group at once; return how many each got."""
         counts = [0] * len(streams)
+        self.doing(f"receiving on {len(streams)} members {what}".strip(), tally)
 
         async def member(index: int, stream: EventStream[Any, Any]) -> None:
             while True:
@@ -288,7 +299,9 @@ async def run_case(harness: Harness, name: str) -> None:
         await ctx.aclose(quiet=True)
         if isinstance(exc, ChannelsError):
             raise
-        raise AssertionError(f"case {name} did not finish within {harness.timeout(info.timeout):.0f}s") from None
+        raise AssertionError(
+            f"case {name} did not finish within {harness.timeout(info.timeout):.0f}s (it was {ctx.status()})"
+        ) from None
     except BaseException:
         await ctx.aclose(quiet=True)
         raise
