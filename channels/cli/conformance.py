@@ -19,6 +19,7 @@ import asyncio
 import datetime
 import importlib.util
 import json
+import os
 import shlex
 import sys
 import tempfile
@@ -118,6 +119,10 @@ def run_suite(
             # channels and transports are imported already (we are the `channels` command)
             "-W", "ignore::pytest.PytestAssertRewriteWarning",
         ]  # fmt: skip
+        if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+            argv += ["-p", "pytest_asyncio.plugin"]
+            if importlib.util.find_spec("pytest_timeout") is not None:
+                argv += ["-p", "pytest_timeout"]
         if keyword:
             argv += ["-k", keyword]
         if exitfirst:
