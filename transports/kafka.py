@@ -400,6 +400,31 @@ def _serialize_key(key: Any) -> bytes | None:
     return data
 
 
+async def _stop_consumer(consumer: AIOKafkaConsumer, timeout: float) -> bool:
+    """Stop ``consumer`` (leaving its group), bounded in time; False if that went wrong.
+
+    aiokafka 0.14's fetcher awaits the fetch tasks it has just cancelled when it closes, so
+    ``stop()`` can raise ``CancelledError`` although nobody cancelled us (a fetch was waiting
+    out a retry backoff; aiokafka#647). That is not our cancellation: it is swallowed and the consumer's
+    connections, which ``stop()`` then did not reach, are closed.
+    """
+    try:
+        await asyncio.wait_for(consumer.stop(), timeout)
+        return True
+    except (TimeoutError, kerr.KafkaError) as exc:
+        log.debug("stopping a consumer: %r", exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.debug("aiokafka raised CancelledError while stopping a consumer; ignored")
+        client = getattr(consumer, "_client", None)
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.close(), timeout)
+    return False
+
+
 # ------------------------------------------------------------------------------ subscription
 
 
@@ -540,8 +565,7 @@ class _KafkaSubscription(Subscription):
                 await self._commit_baselines()
         except BaseException:
             self.closed = True
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await _stop_consumer(consumer, self.commit_timeout)
             raise
         self.commit_task = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{spec.group}")
 
@@ -560,10 +584,8 @@ class _KafkaSubscription(Subscription):
                 await self._commit(set(consumer.assignment()))
             except Exception as exc:  # logged: the unacked rest comes back anyway
                 log.warning("final commit for group %s failed: %s", self.spec.group, exc)
-            try:
-                await asyncio.wait_for(consumer.stop(), self.commit_timeout * 2)
-            except (TimeoutError, kerr.KafkaError) as exc:
-                log.warning("leaving group %s did not finish cleanly: %s", self.spec.group, exc)
+            if not await _stop_consumer(consumer, self.commit_timeout * 2):
+                log.warning("leaving group %s did not finish cleanly", self.spec.group)
         self.states.clear()
         self.inflight = 0
         self.transport._subs.discard(self)
@@ -976,8 +998,7 @@ class KafkaTransport(Transport):
                 # The group has live members: they already hold positions.
                 log.debug("group %s is active; start offsets left to it (%r)", group, exc)
         finally:
-            with contextlib.suppress(Exception):
-                await consumer.stop()
+            await _stop_consumer(consumer, 10)
 
     # -- declare / publish / subscribe ---------------------------------------------------
 
