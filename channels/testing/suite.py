@@ -749,6 +749,30 @@ async def nack_redelivers(c: Context) -> None:
     await again.ack()
 
 
+@case(timeout=60, requires=("redelivery_on_nack",))
+async def nack_without_requeue_drops(c: Context) -> None:
+    """nack(requeue=False) settles the message for good: it does not come back, not even
+    to a new member after the first one closed."""
+    app = await c.app()
+    topic = app.topic(c.topic_name(), internal=True, group=c.group_name())
+    stream = await c.stream(topic, acks="manual")
+    await c.send(topic, ["drop000"])
+    event = await c.bounded(stream.get(), 30, "delivery")
+    await event.nack(requeue=False)
+    assert event.acked
+    await c.send(topic, ["after00"])
+    seen = Tally(["after00"])
+    await c.collect(stream, seen, manual=True, what="the message after the dropped one")
+    await c.bounded(stream.close(), 30, "closing the stream")
+    again = await c.stream(topic, acks="manual")
+    await c.send(topic, ["last000"])
+    last = Tally(["last000"])
+    await c.collect(again, last, manual=True, what="a new member")
+    extra = await c.expect_no_more(again, 0.3)
+    came_back = [*seen.unexpected, *last.unexpected, *([id_of(extra) or ""] if extra else [])]
+    assert "drop000" not in came_back, f"a message nacked with requeue=False came back: {came_back}"
+
+
 @case(timeout=60, requires_not=("redelivery_on_nack",))
 async def nack_without_capability_raises(c: Context) -> None:
     """On a driver without redelivery_on_nack, event.nack() raises CapabilityNotSupported
