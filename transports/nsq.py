@@ -30,7 +30,10 @@ URL options
     ``AUTH`` when nsqd asks for it; never logged), ``envelope`` (``on``/``off``, default
     on), ``max_message_size`` (bytes, default 1048576 = nsqd's ``--max-msg-size``),
     ``max_body_size`` (bytes per MPUB, default 5242880 = nsqd's ``--max-body-size``),
-    ``publish_timeout`` (seconds, default 10), ``connect_timeout`` (seconds, default 10).
+    ``publish_timeout`` (seconds, default 10), ``connect_timeout`` (seconds, default 10),
+    ``output_buffer_timeout`` (ms nsqd may hold messages for this consumer before it writes
+    them, default 25 = nsqd's minimum; nsqd's own default is 250) and ``output_buffer_size``
+    (bytes, default 16384; -1 makes nsqd write every message at once: lowest latency).
     Several hosts (``nsq://h1:4150,h2:4150``): publishers use the first that answers,
     consumers read from all, ``declare`` creates topic and channel on all.
 
@@ -107,6 +110,8 @@ _OPTIONS = (
     "max_body_size",
     "publish_timeout",
     "connect_timeout",
+    "output_buffer_timeout",
+    "output_buffer_size",
 )
 
 NAME_RULE = r"^[.a-zA-Z0-9_-]+(#ephemeral)?$, 1 to 64 characters in all"
@@ -148,9 +153,7 @@ def _import_ansq() -> Any:
         import ansq
         from ansq.tcp import connection as ansq_connection
     except ImportError as exc:  # pragma: no cover - depends on the install
-        raise ConfigurationError(
-            "the nsq:// driver needs ansq: pip install anychannel[nsq]"
-        ) from exc
+        raise ConfigurationError("the nsq:// driver needs ansq: pip install anychannel[nsq]") from exc
     return ansq, ansq_connection
 
 
@@ -248,6 +251,10 @@ class NsqTransport(Transport):
         self.max_body_size = shown.option("max_body_size", 5 * 1024 * 1024)
         self.publish_timeout = shown.option("publish_timeout", 10.0)
         self.connect_timeout = shown.option("connect_timeout", 10.0)
+        # nsqd holds outgoing messages up to this long (ms) or until the buffer is full;
+        # its default of 250 ms is most of a lone message's latency. -1 turns it off.
+        self.output_buffer_timeout = shown.option("output_buffer_timeout", 25)
+        self.output_buffer_size = shown.option("output_buffer_size", 16384)
         self._secret: str | None = url.query.get("auth_secret") or None
         for name in ("max_in_flight", "max_body_size"):
             if getattr(self, name) < 1:
@@ -306,8 +313,7 @@ class NsqTransport(Transport):
     def validate_topic_name(self, name: str) -> None:
         if not _valid_name(name):
             raise ConfigurationError(
-                f"NSQ topic and channel names must match {NAME_RULE} "
-                f"(letters, digits, '.', '_', '-'): {name[:80]!r}",
+                f"NSQ topic and channel names must match {NAME_RULE} (letters, digits, '.', '_', '-'): {name[:80]!r}",
                 broker=self.shown_url,
             )
 
@@ -328,13 +334,15 @@ class NsqTransport(Transport):
     ) -> Any:
         """Connect, IDENTIFY, upgrade to TLS and AUTH; bounded by ``connect_timeout``."""
         _import_ansq()
-        from ansq.tcp.types import ConnectionFeatures, ConnectionOptions, NSQErrorSchema
+        from ansq.tcp.types import ConnectionOptions, NSQErrorSchema
 
-        features = ConnectionFeatures(
+        features = _features_class()(
             client_id="anychannel",
             msg_timeout=int(self.msg_timeout * 1000),
             heartbeat_interval=_HEARTBEAT_MS,
             tls_v1=self.tls,
+            output_buffer_timeout=self.output_buffer_timeout,
+            output_buffer_size=self.output_buffer_size,
         )
         options = ConnectionOptions(
             message_queue=_Inbox(deliver or _unexpected),
@@ -351,14 +359,11 @@ class NsqTransport(Transport):
                 await conn.connect()
                 response = await conn.identify()
                 if isinstance(response, NSQErrorSchema):
-                    _raise_for(
-                        response.code, response.body.decode("utf-8", "replace"), self.shown_url
-                    )
+                    _raise_for(response.code, response.body.decode("utf-8", "replace"), self.shown_url)
                 negotiated = _identify_json(response)
                 if self.tls and not negotiated.get("tls_v1"):
                     raise ConfigurationError(
-                        "tls=true, but nsqd did not agree to TLS "
-                        "(is it started with --tls-cert and --tls-key?)",
+                        "tls=true, but nsqd did not agree to TLS (is it started with --tls-cert and --tls-key?)",
                         broker=self.shown_url,
                     )
                 if conn.is_auth_required:
@@ -369,9 +374,7 @@ class NsqTransport(Transport):
                         )
                     response = await conn.auth(self._secret)
                     if isinstance(response, NSQErrorSchema):
-                        _raise_for(
-                            response.code, response.body.decode("utf-8", "replace"), self.shown_url
-                        )
+                        _raise_for(response.code, response.body.decode("utf-8", "replace"), self.shown_url)
                     conn._is_authorized = True
         except BaseException:
             await _close_quietly(conn)
@@ -385,9 +388,7 @@ class NsqTransport(Transport):
 
         if self._connected:
             return
-        self._http = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.connect_timeout)
-        )
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.connect_timeout))
         self._connected = True
         try:
             with self.map_errors("connect"):
@@ -427,16 +428,12 @@ class NsqTransport(Transport):
                 except (ValueError, AttributeError):
                     pass
                 if text in ("INVALID_TOPIC", "INVALID_CHANNEL"):
-                    raise ConfigurationError(
-                        f"nsqd refused the name: {text}", broker=self.shown_url
-                    )
+                    raise ConfigurationError(f"nsqd refused the name: {text}", broker=self.shown_url)
                 raise NsqError(f"HTTP {response.status}", f"{method} {path}: {text}")
             return json.loads(body) if body.startswith((b"{", b"[")) else body
 
     async def _topic_exists(self, host: str, topic: str) -> bool:
-        stats = await self._http_call(
-            host, "GET", "/stats", format="json", topic=topic, include_clients="false"
-        )
+        stats = await self._http_call(host, "GET", "/stats", format="json", topic=topic, include_clients="false")
         topics = (stats.get("topics") or []) if isinstance(stats, dict) else []
         return any(item.get("topic_name") == topic for item in topics)
 
@@ -451,9 +448,7 @@ class NsqTransport(Transport):
                 elif not await self._topic_exists(host, topic.name):
                     raise TopicNotFound(topic.name, broker=self.shown_url)
                 if group is not None:
-                    await self._http_call(
-                        host, "POST", "/channel/create", topic=topic.name, channel=group
-                    )
+                    await self._http_call(host, "POST", "/channel/create", topic=topic.name, channel=group)
 
     # -- publishing -----------------------------------------------------------------------
 
@@ -472,17 +467,13 @@ class NsqTransport(Transport):
                 errors.append(f"{host}:{port}: no answer within {self.connect_timeout}s")
             except OSError as exc:
                 errors.append(f"{host}:{port}: {str(exc) or type(exc).__name__}")
-        raise ConnectionFailed(
-            "cannot reach nsqd (" + "; ".join(errors) + ")", broker=self.shown_url
-        )
+        raise ConnectionFailed("cannot reach nsqd (" + "; ".join(errors) + ")", broker=self.shown_url)
 
     def _check_publishable(self, message: Message) -> bytes:
         value = message.value
         if self.envelope:
             if message.key is not None or message.headers or value is None:
-                raise EncodeError(
-                    "internal error: message was not wrapped in the envelope", broker=self.shown_url
-                )
+                raise EncodeError("internal error: message was not wrapped in the envelope", broker=self.shown_url)
             return value
         if message.key is not None or message.headers:
             raise EncodeError(
@@ -495,9 +486,7 @@ class NsqTransport(Transport):
                 broker=self.shown_url,
             )
         if not value:
-            raise EncodeError(
-                "envelope=off: NSQ refuses empty message bodies", broker=self.shown_url
-            )
+            raise EncodeError("envelope=off: NSQ refuses empty message bodies", broker=self.shown_url)
         return value
 
     def _chunks(self, messages: Sequence[Message]) -> Iterator[tuple[str, list[bytes]]]:
@@ -555,14 +544,10 @@ class NsqTransport(Transport):
         if isinstance(response, NSQErrorSchema):
             # nsqd closes the connection after an error frame on PUB/MPUB.
             await self._drop_writer(conn)
-            _raise_for(
-                response.code, response.body.decode("utf-8", "replace"), self.shown_url, topic
-            )
+            _raise_for(response.code, response.body.decode("utf-8", "replace"), self.shown_url, topic)
         if not getattr(response, "is_ok", False):
             await self._drop_writer(conn)
-            raise ConnectionFailed(
-                f"unexpected answer to a publish: {response!r}", broker=self.shown_url
-            )
+            raise ConnectionFailed(f"unexpected answer to a publish: {response!r}", broker=self.shown_url)
 
     async def _drop_writer(self, conn: Any) -> None:
         if conn is not None and self._writer is conn:
@@ -577,9 +562,7 @@ class NsqTransport(Transport):
         if spec.pattern is not None:
             from channels.errors import CapabilityNotSupported
 
-            raise CapabilityNotSupported(
-                "pattern subscriptions", driver="nsq", broker=self.shown_url
-            )
+            raise CapabilityNotSupported("pattern subscriptions", driver="nsq", broker=self.shown_url)
         if spec.from_beginning:
             from channels.errors import CapabilityNotSupported
 
@@ -643,6 +626,27 @@ async def _close_quietly(conn: Any) -> None:
         log.debug("closing an nsqd connection failed: %r", exc)
 
 
+_FEATURES_CLASS: Any = None
+
+
+def _features_class() -> Any:
+    """ansq's IDENTIFY features plus nsqd's output buffer settings, which ansq lacks."""
+    global _FEATURES_CLASS
+    if _FEATURES_CLASS is None:
+        import attr
+        from ansq.tcp.types import ConnectionFeatures
+
+        base: Any = ConnectionFeatures
+
+        @attr.define(frozen=True, auto_attribs=True, kw_only=True)
+        class _Features(base):  # type: ignore[misc]
+            output_buffer_timeout: int = 250
+            output_buffer_size: int = 16384
+
+        _FEATURES_CLASS = _Features
+    return _FEATURES_CLASS
+
+
 _CONNECTION_CLASS: Any = None
 
 
@@ -692,8 +696,10 @@ def _connection_class() -> Any:
 class _Reader:
     """One connection reading ``topic``/``channel`` from one nsqd, reconnecting forever."""
 
-    def __init__(self, sub: _Subscription, topic: str, host: str, port: int) -> None:
+    def __init__(self, sub: _Subscription, topic: str, host: str, port: int, fail_fast: bool = True) -> None:
         self.sub = sub
+        #: the first connection failing ends the reader (subscribe raises); otherwise it retries
+        self.fail_fast = fail_fast
         self.topic = topic
         self.host = host
         self.port = port
@@ -705,15 +711,14 @@ class _Reader:
         self.task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self.task = asyncio.create_task(
-            self._run(), name=f"nsq-reader-{self.topic}-{self.host}:{self.port}"
-        )
+        self.task = asyncio.create_task(self._run(), name=f"nsq-reader-{self.topic}-{self.host}:{self.port}")
 
     async def _run(self) -> None:
         from ansq.tcp.types import NSQCommands, NSQErrorSchema
 
         transport = self.sub.transport
         backoff = 0.1
+        failures = 0
         while not self.sub.closed:
             lost = asyncio.Event()
             conn: Any = None
@@ -732,13 +737,14 @@ class _Reader:
                 async with asyncio.timeout(transport.connect_timeout):
                     response = await conn.execute(NSQCommands.SUB, self.topic, self.sub.spec.group)
                     if isinstance(response, NSQErrorSchema):
-                        _raise_for(
-                            response.code, response.body.decode("utf-8", "replace"), transport.url
-                        )
+                        _raise_for(response.code, response.body.decode("utf-8", "replace"), transport.shown_url)
                     self.conn = conn
                     await conn.execute(NSQCommands.RDY, self.sub.rdy)
                 self.last_seen = time.monotonic()
                 backoff = 0.1
+                if failures:
+                    log.info("nsq reader %s/%s on %s:%s is back", self.topic, self.sub.spec.group, self.host, self.port)
+                failures = 0
                 self.ready.set()
                 log.debug(
                     "reading %s/%s from %s:%s",
@@ -751,25 +757,26 @@ class _Reader:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(lost.wait(), _HEARTBEAT_MS / 1000)
                     if time.monotonic() - self.last_seen > 2.5 * _HEARTBEAT_MS / 1000:
-                        log.warning(
-                            "no heartbeat from nsqd %s:%s; reconnecting", self.host, self.port
-                        )
+                        log.warning("no heartbeat from nsqd %s:%s; reconnecting", self.host, self.port)
                         break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self.ready.is_set() and self.first_error is None:
+                if not self.ready.is_set() and self.fail_fast:
                     self.first_error = exc
                     self.ready.set()
                     return
-                log.warning(
-                    "nsq reader %s/%s on %s:%s: %s; retrying in %.1fs",
+                failures += 1
+                # the first failure of a streak is a warning, the retries that follow are not
+                log.log(
+                    logging.WARNING if failures == 1 else logging.DEBUG,
+                    "nsq reader %s/%s on %s:%s: %s; retrying (every %.1fs at most)",
                     self.topic,
                     self.sub.spec.group,
                     self.host,
                     self.port,
-                    exc or type(exc).__name__,
-                    backoff,
+                    str(exc) or type(exc).__name__,
+                    _MAX_BACKOFF,
                 )
             finally:
                 if self.conn is conn:
@@ -853,17 +860,20 @@ class _Subscription(Subscription):
         for topic in self.spec.topics:
             for host, port in self.transport.hosts:
                 self._add_reader(topic.name, host, port)
+        # The nsqds of the URL must take the subscription before subscribe() returns;
+        # those nsqlookupd reports are joined as they answer, and retried when they do not.
+        await self._wait_ready(list(self.readers))
+        for topic in self.spec.topics:
             if self.transport.lookupd:
                 for host, port in await self._lookup(topic.name):
-                    self._add_reader(topic.name, host, port)
-        await self._wait_ready(self.readers)
+                    self._add_reader(topic.name, host, port, fail_fast=False)
         if self.transport.lookupd:
             self._poller = asyncio.create_task(self._poll_lookupd(), name="nsq-lookupd-poll")
 
-    def _add_reader(self, topic: str, host: str, port: int) -> _Reader | None:
+    def _add_reader(self, topic: str, host: str, port: int, fail_fast: bool = True) -> _Reader | None:
         if any(r.topic == topic and (r.host, r.port) == (host, port) for r in self.readers):
             return None
-        reader = _Reader(self, topic, host, port)
+        reader = _Reader(self, topic, host, port, fail_fast)
         self.readers.append(reader)
         reader.start()
         return reader
@@ -875,9 +885,7 @@ class _Subscription(Subscription):
                 for reader in readers:
                     await reader.ready.wait()
         except TimeoutError as exc:
-            raise Timeout(
-                f"could not subscribe within {timeout}s", broker=self.transport.shown_url
-            ) from exc
+            raise Timeout(f"could not subscribe within {timeout}s", broker=self.transport.shown_url) from exc
         for reader in readers:
             if reader.first_error is not None:
                 with self.transport.map_errors(f"subscribe to {reader.topic!r}"):
@@ -906,7 +914,7 @@ class _Subscription(Subscription):
             await asyncio.sleep(_LOOKUPD_POLL)
             for topic in self.spec.topics:
                 for host, port in await self._lookup(topic.name):
-                    self._add_reader(topic.name, host, port)
+                    self._add_reader(topic.name, host, port, fail_fast=False)
 
     def arrived(self, message: Message) -> None:
         self.queue.append(message)
@@ -938,9 +946,7 @@ class _Subscription(Subscription):
             if token.live:
                 yield token
             else:
-                log.debug(
-                    "settling %s after its connection closed; nsqd redelivers it", token.msg_id
-                )
+                log.debug("settling %s after its connection closed; nsqd redelivers it", token.msg_id)
 
     async def _send(self, tokens: Iterator[_Token], *args: Any) -> None:
         from ansq.tcp.exceptions import ConnectionClosedError
@@ -968,11 +974,7 @@ class _Subscription(Subscription):
     async def touch(self, messages: Sequence[Message]) -> None:
         from ansq.tcp.types import NSQCommands
 
-        live = (
-            m.token
-            for m in messages
-            if isinstance(m.token, _Token) and not m.token.done and m.token.live
-        )
+        live = (m.token for m in messages if isinstance(m.token, _Token) and not m.token.done and m.token.live)
         await self._send(live, NSQCommands.TOUCH)
 
     async def close(self) -> None:

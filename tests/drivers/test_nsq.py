@@ -46,9 +46,15 @@ def _nsqd_up() -> bool:
         return False
 
 
-needs_nsqd = pytest.mark.skipif(
-    not _nsqd_up(), reason="nsqd is not running (scripts/brokers up nsq)"
-)
+def _get(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bytes(response.read())
+    except OSError:
+        return b""
+
+
+needs_nsqd = pytest.mark.skipif(not _nsqd_up(), reason="nsqd is not running (scripts/brokers up nsq)")
 
 
 def name(prefix: str = "t") -> str:
@@ -408,3 +414,51 @@ async def test_consumer_and_publisher_survive_two_restarts() -> None:
                 values |= {m.value for m in more}
                 got += more
             await sub.ack(got)
+
+
+@needs_nsqd
+async def test_lookupd_discovers_nsqd() -> None:
+    """``lookupd=``: the consumer also reads from every nsqd nsqlookupd reports for the
+    topic (here the same nsqd under its broadcast address 127.0.0.1, next to the URL's
+    ``localhost``), and each message still reaches the group once."""
+    topic, group = name(), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)
+    lookup = f"http://127.0.0.1:4161/lookup?topic={topic}"
+    for _ in range(50):
+        if b'"tcp_port":4150' in await asyncio.to_thread(_get, lookup):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.skip("nsqlookupd on 127.0.0.1:4161 does not know the topic")
+    async with connected("nsq://localhost:4150?lookupd=127.0.0.1:4161") as t:
+        sub = await t.subscribe(spec(topic, group))
+        assert sorted((r.host, r.port) for r in sub.readers) == [  # type: ignore[attr-defined]
+            ("127.0.0.1", 4150),
+            ("localhost", 4150),
+        ]
+        bodies = [b"\x00CHE\x01\x00\x00\x00" + bytes([i]) for i in range(20)]
+        await t.publish([Message(topic, body) for body in bodies])
+        got = await receive(sub, 20)
+        await sub.ack(got)
+        assert sorted(m.value for m in got) == sorted(bodies)  # type: ignore[type-var]
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(sub.receive(1), 1)
+
+
+@needs_nsqd
+async def test_nsqd_limit_is_reported_when_the_url_overstates_it() -> None:
+    """max_message_size above nsqd's --max-msg-size: nsqd's refusal becomes MessageTooLarge
+    naming nsqd's limit, and the next publish works (the dropped connection is replaced)."""
+    from channels.errors import MessageTooLarge
+
+    topic = name()
+    async with connected(max_message_size=str(4 * 1024 * 1024)) as t:
+        with pytest.raises(MessageTooLarge) as info:
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00" + b"x" * (1024 * 1024))])
+        assert info.value.limit == 1024 * 1024
+        with pytest.raises(MessageTooLarge):
+            big = b"\x00CHE\x01\x00\x00\x00" + b"x" * (1024 * 1024)
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00small"), Message(topic, big)])
+        (ok,) = await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00small")])
+        assert ok.topic == topic

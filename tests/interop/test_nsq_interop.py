@@ -112,9 +112,7 @@ async def test_envelope_off_reaches_nsq_tail_plain() -> None:
         # nsq_tail subscribes with an ephemeral channel: wait until it exists
         for _ in range(100):
             stats = await asyncio.to_thread(
-                lambda: urllib.request.urlopen(
-                    f"{HTTP}/stats?format=json&topic={topic}", timeout=5
-                ).read()
+                lambda: urllib.request.urlopen(f"{HTTP}/stats?format=json&topic={topic}", timeout=5).read()
             )
             if b'"channel_name"' in stats:
                 break
@@ -143,9 +141,7 @@ async def test_envelope_off_reaches_a_plain_ansq_reader() -> None:
     async with App("interop-env", broker=URL) as app:
         t = app.topic(topic, key_serializer="raw", value_serializer="raw")
         await t.send(key=b"k", value=b"wrapped", headers={"h": b"v"})
-    reader = await ansq.create_reader(
-        topic=topic, channel=channel, nsqd_tcp_addresses=["127.0.0.1:4150"]
-    )
+    reader = await ansq.create_reader(topic=topic, channel=channel, nsqd_tcp_addresses=["127.0.0.1:4150"])
     try:
         bodies = []
         for _ in range(2):
