@@ -38,8 +38,10 @@ Semantic mapping
   the group (with metadata ``anychannel:declared``), so the group starts exactly where the
   topic stood at declare time and every message published afterwards reaches it. The end
   offsets are read *before* the committed offsets are checked, so two processes declaring
-  at once can only make the group start earlier, never later. The commit needs the group
-  to be empty (a live group already has positions); for a non-empty group it is skipped.
+  at once can only make the group start earlier, never later. Kafka accepts that commit
+  only while the group has no live members; for a busy group (one group for several
+  topics) the start offsets are kept in this process and a member of ours that gets such a
+  partition without a committed offset seeks there.
 * subscribe: a group without committed offsets starts at the end (``latest``); with
   ``from_beginning`` at the oldest retained message (offsets that only come from declare,
   recognisable by their metadata, count as "no offsets" then). After the first assignment
@@ -810,6 +812,8 @@ class _KafkaSubscription(Subscription):
                 self.inflight = max(0, self.inflight - state.unacked)
         if self.spec.from_beginning and assigned:
             await self._replay_declared(assigned)
+        elif assigned:
+            await self._apply_pending_starts(assigned)
         for tp in assigned:
             if tp not in self.states:
                 self.states[tp] = self._new_state()
@@ -818,6 +822,25 @@ class _KafkaSubscription(Subscription):
         self.baseline_needed.set()
         self.assigned.set()
         self.room.set()
+
+    async def _apply_pending_starts(self, assigned: set[TopicPartition]) -> None:
+        """Seek to the start offsets declare remembered for a busy group (see there)."""
+        consumer = self.consumer
+        starts = self.transport._pending_starts.get(self.spec.group)
+        if consumer is None or not starts:
+            return
+        wanted = [tp for tp in assigned if tp in starts]
+        if not wanted:
+            return
+        try:
+            committed = await self.transport._committed(self.spec.group, wanted)
+            for tp in wanted:
+                if tp not in committed:
+                    consumer.seek(tp, starts[tp])
+                # Committed now, or about to be (the start position is committed next).
+                del starts[tp]
+        except Exception as exc:
+            log.warning("could not apply start offsets of group %s: %r", self.spec.group, exc)
 
     async def _replay_declared(self, assigned: set[TopicPartition]) -> None:
         """With ``from_beginning``, offsets that only ``declare`` committed mean "new group"."""
@@ -865,6 +888,8 @@ class KafkaTransport(Transport):
         self._admin: AIOKafkaAdminClient | None = None
         self._subs: set[_KafkaSubscription] = set()
         self._partitions: dict[str, int] = {}
+        #: group -> partition -> start offset that declare could not commit (busy group)
+        self._pending_starts: dict[str, dict[TopicPartition, int]] = {}
 
     @property
     def capabilities(self) -> Capabilities:
@@ -995,8 +1020,13 @@ class KafkaTransport(Transport):
                 kerr.IllegalGenerationError,
                 kerr.RebalanceInProgressError,
             ) as exc:
-                # The group has live members: they already hold positions.
-                log.debug("group %s is active; start offsets left to it (%r)", group, exc)
+                # The group has live members (on other topics, or on this one) and only
+                # they may commit. Remember where the group should start: a member of ours
+                # that gets one of these partitions without a committed offset seeks there.
+                log.debug("group %s is active; start offsets kept in memory (%r)", group, exc)
+                starts = self._pending_starts.setdefault(group, {})
+                for tp, meta in missing.items():
+                    starts.setdefault(tp, meta.offset)
         finally:
             await _stop_consumer(consumer, 10)
 

@@ -631,3 +631,21 @@ async def test_unreachable_broker_is_connection_failed() -> None:
         await asyncio.wait_for(t.connect(), 60)
     assert "pw-Secret9" not in str(info.value)
     assert "127.0.0.1:1" in str(info.value) and info.value.retryable
+
+
+@needs_kafka
+async def test_declare_for_a_group_that_is_busy_on_another_topic() -> None:
+    # One group for several topics (the app id): its members on topic a keep it non-empty,
+    # so declare cannot commit start offsets for topic b; b's first member still starts
+    # where declare stood.
+    a, b, group = name("busy-a"), name("busy-b"), name("g")
+    async with connected() as t:
+        await t.declare(TopicSpec(a, internal=True, partitions=1), group)
+        on_a = await t.subscribe(spec(a, group))
+        await t.declare(TopicSpec(b, internal=True, partitions=1), group)
+        await publish_values(t, b, [b"after-declare"])
+        on_b = await t.subscribe(spec(b, group))
+        got = await receive(on_b, 1)
+        assert [m.value for m in got] == [b"after-declare"]
+        await on_b.close()
+        await on_a.close()
