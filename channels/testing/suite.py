@@ -142,12 +142,16 @@ class Context:
 
     async def aclose(self, *, quiet: bool = False) -> None:
         apps, self._apps = self._apps, []
+        first: Exception | None = None
         for app in reversed(apps):
             try:
                 await asyncio.wait_for(app.stop(), self.t(45.0))
-            except BaseException:
-                if not quiet:
-                    raise
+            except Exception as exc:
+                first = first or exc
+        if first is not None and not quiet:
+            if isinstance(first, TimeoutError) and not isinstance(first, ChannelsError):
+                raise AssertionError(f"app.stop() did not finish within {self.t(45.0):.0f}s")
+            raise first
 
     async def bounded(self, aw: Awaitable[T], seconds: float, what: str) -> T:
         """Await ``aw`` for at most ``seconds`` (scaled); AssertionError naming ``what``."""
