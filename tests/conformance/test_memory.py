@@ -6,6 +6,4 @@ import os
 
 from channels.testing import Harness, conformance_suite
 
-TestMemoryConformance = conformance_suite(
-    Harness(url=os.environ.get("CHANNELS_TEST_MEMORY_URL", "memory://"))
-)
+TestMemoryConformance = conformance_suite(Harness(url=os.environ.get("CHANNELS_TEST_MEMORY_URL", "memory://")))
