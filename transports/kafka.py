@@ -165,7 +165,8 @@ _TOPIC_EXISTS = 36
 # ------------------------------------------------------------------------------ errors
 
 _TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]], ...] = (
-    ((kerr.KafkaTimeoutError, kerr.RequestTimedOutError), Timeout),
+    # TimeoutError: our own bounds (asyncio.wait_for) around aiokafka calls
+    ((kerr.KafkaTimeoutError, kerr.RequestTimedOutError, TimeoutError), Timeout),
     (
         (
             kerr.KafkaConnectionError,
@@ -388,6 +389,10 @@ def _parse_config(url: BrokerURL) -> _Config:
     )
 
 
+class _BusyGroup(Exception):
+    """A commit for a group without a member was refused: the group has live members."""
+
+
 class _NoKey:
     """Stands in for a missing key so aiokafka accepts a record with neither key nor value."""
 
@@ -551,8 +556,12 @@ class _KafkaSubscription(Subscription):
             consumer.subscribe(topics=names, listener=listener)
         self.consumer = consumer
         try:
+            join = (self.config.request_timeout_ms + self.config.rebalance_timeout_ms) / 1000
             with map_errors(self.url, f"joining group {spec.group!r}"):
-                await consumer.start()
+                try:
+                    await asyncio.wait_for(consumer.start(), join)
+                except TimeoutError:
+                    raise Timeout(f"joining group {spec.group!r} took over {join:.0f}s") from None
             if self.pattern is None:
                 # start() returns once partitions are assigned, possibly before our
                 # listener ran for them; wait for it so the baselines below see them.
@@ -1003,7 +1012,7 @@ class KafkaTransport(Transport):
         consumer = AIOKafkaConsumer(group_id=group, enable_auto_commit=False, **self.config.common())
         try:
             with map_errors(self.url, f"starting group {group!r}"):
-                await consumer.start()
+                await asyncio.wait_for(consumer.start(), self.config.request_timeout_ms / 1000)
                 consumer.assign(tps)
                 # End offsets first, then the check: a racing declare can only start earlier.
                 ends = await consumer.end_offsets(tps)
@@ -1012,14 +1021,13 @@ class KafkaTransport(Transport):
             if not missing:
                 return
             try:
-                await consumer.commit(missing)
+                with map_errors(self.url, f"setting start offsets of group {group!r}"):
+                    try:
+                        await asyncio.wait_for(consumer.commit(missing), self.config.request_timeout_ms / 1000)
+                    except kerr.CommitFailedError as exc:
+                        raise _BusyGroup from exc
                 log.debug("group %s starts at %s", group, missing)
-            except (
-                kerr.CommitFailedError,
-                kerr.UnknownMemberIdError,
-                kerr.IllegalGenerationError,
-                kerr.RebalanceInProgressError,
-            ) as exc:
+            except _BusyGroup as exc:
                 # The group has live members (on other topics, or on this one) and only
                 # they may commit. Remember where the group should start: a member of ours
                 # that gets one of these partitions without a committed offset seeks there.
