@@ -36,6 +36,7 @@ import hashlib
 import logging
 import re
 import ssl
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ LARGEST_MESSAGE = MQTT_MAX_PACKET - 1024 * 1024
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 MAX_STRING = 65_535  # bytes of an MQTT UTF-8 string (topic names, property names/values)
 SESSION_TAKEN_OVER = 0x8E
+#: a session losing its connection this often within FLAP_SECONDS is being fought over
+FLAP_LOSSES = 5
+FLAP_SECONDS = 10.0
 
 # -- reserved user-property names --------------------------------------------------------------
 
@@ -576,7 +580,18 @@ class _Slots:
         return self.used.get(key, set()) - {slot}
 
 
-_SLOTS = _Slots()
+_slots_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Slots] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _slots() -> _Slots:
+    """The registry of the running event loop (its locks belong to that loop)."""
+    loop = asyncio.get_running_loop()
+    slots = _slots_by_loop.get(loop)
+    if slots is None:
+        slots = _slots_by_loop[loop] = _Slots()
+    return slots
 
 
 def session_base(opts: MqttOptions, group: str, what: str) -> str:
@@ -604,18 +619,21 @@ class _Leg:
         self.link: Link | None = None
         self.acks: AckQueue | None = None
         self.reconnect_task: asyncio.Task[None] | None = None
+        self.losses: deque[float] = deque(maxlen=FLAP_LOSSES)
+        #: set while the session is connected and subscribed
+        self.connected = asyncio.Event()
 
     @property
     def client_id(self) -> str:
         return f"{self.base}-{self.slot}"
 
     async def start(self) -> None:
-        async with _SLOTS.lock(self.key):
-            self.slot = _SLOTS.acquire(self.key)
+        async with _slots().lock(self.key):
+            self.slot = _slots().acquire(self.key)
         try:
             await self._connect()
         except BaseException:
-            _SLOTS.release(self.key, self.slot)
+            _slots().release(self.key, self.slot)
             self.slot = None
             raise
 
@@ -638,6 +656,9 @@ class _Leg:
         try:
             await self.transport._guarded(link.open(), "connect")
             await self.transport._guarded(link.subscribe(self.filters, opts.qos), "subscribe")
+            if link.lost:
+                raise ConnectionFailed("the connection dropped while subscribing")
+            self.connected.set()
         except BaseException:
             self.link = None
             with contextlib.suppress(Exception):
@@ -672,15 +693,25 @@ class _Leg:
     def _on_lost(self, link: Link, reason: int | None) -> None:
         if link is not self.link or self.sub.closed:
             return
-        if reason == SESSION_TAKEN_OVER:
+        self.connected.clear()
+        now = asyncio.get_running_loop().time()
+        self.losses.append(now)
+        flapping = len(self.losses) == FLAP_LOSSES and now - self.losses[0] < FLAP_SECONDS
+        if reason == SESSION_TAKEN_OVER or flapping:
+            # Mosquitto 2.0 closes a taken-over connection without saying why; losing it
+            # again and again right after reconnecting is the same fight.
             self.sub._fail(
                 ConnectionFailed(
                     f"session {self.client_id!r} was taken over by another client with the same "
-                    "client id; give each process its own ?client_id= prefix",
+                    f"client id (reason {reason}, {len(self.losses)} losses in "
+                    f"{now - self.losses[0]:.1f}s); give each process its own ?client_id= "
+                    "prefix",
                     broker=self.transport.url,
                 )
             )
             return
+        if self.reconnect_task is not None and not self.reconnect_task.done():
+            return  # the running reconnect loop notices (link.lost) and tries again
         log.warning("MQTT session %s lost its connection; reconnecting", self.client_id)
         self.reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
@@ -709,14 +740,14 @@ class _Leg:
         slot = self.slot
         if slot is None:
             return
-        async with _SLOTS.lock(self.key):
+        async with _slots().lock(self.key):
             try:
                 if link is None or link.lost:
                     return
                 if not self.opts.persistent_sessions:
                     await link.close(keep_session=False)
                     return
-                last = not _SLOTS.others(self.key, slot)
+                last = not _slots().others(self.key, slot)
                 if self.regex is None and last and slot == 0:
                     await link.close(keep_session=True)  # the anchor keeps the group's messages
                     return
@@ -731,7 +762,7 @@ class _Leg:
                 pending = self.acks.pending if self.acks is not None else 1
                 await link.close(keep_session=self.regex is None or pending > 0)
             finally:
-                _SLOTS.release(self.key, slot)
+                _slots().release(self.key, slot)
                 self.slot = None
 
 
@@ -911,6 +942,8 @@ class MqttTransportBase(Transport):
         link = self._new_link(self._publisher_config())
         try:
             await self._guarded(link.open(), "connect")
+            if link.lost:
+                raise ConnectionFailed("the connection dropped right after CONNACK", broker=self.url)
         except BaseException:
             with contextlib.suppress(Exception):
                 await link.close(keep_session=False)
@@ -987,14 +1020,14 @@ class MqttTransportBase(Transport):
             return
         base = session_base(self.opts, group, topic.name)
         key = (self.opts.host, self.opts.port, base)
-        async with _SLOTS.lock(key):
-            if 0 not in _SLOTS.used.get(key, set()):
+        async with _slots().lock(key):
+            if 0 not in _slots().used.get(key, set()):
                 await self._subscribe_anchor(f"{base}-0", [share_filter(group, topic.name)])
         self._declared.add((group, topic.name))
 
     async def _ensure_anchor(self, leg: _Leg) -> None:
         """Before the last member (not slot 0) leaves: the anchor holds the subscription."""
-        if 0 in _SLOTS.used.get(leg.key, set()):
+        if 0 in _slots().used.get(leg.key, set()):
             return
         await self._subscribe_anchor(f"{leg.base}-0", leg.filters)
 

@@ -22,11 +22,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channels import App
-from channels.errors import CapabilityNotSupported, ConfigurationError, Timeout
+from channels.errors import CapabilityNotSupported, ConfigurationError, ConnectionFailed, Timeout
 from channels.events import Message
 from channels.url import parse_url
 from transports._mqtt_common import (
     AckQueue,
+    MqttSubscription,
     decode_properties,
     encode_properties,
     pattern_filter,
@@ -397,3 +398,49 @@ async def test_broker_restart_reconnects_and_resubscribes(apps: list[App]) -> No
             values.add(event.value)
         assert values == {b"a%d" % i for i in range(10)} | {b"b%d" % i for i in range(10)}
         await streams[scheme].close()
+
+
+@needs_broker
+@DRIVERS
+async def test_credentials_used_and_never_shown(scheme: str, apps: list[App]) -> None:
+    # Mosquitto of scripts/brokers allows anonymous clients and accepts any credentials.
+    app = App(name("app"), broker=URLS[scheme].replace("://", "://alice:s3cr3t@"))
+    apps.append(app)
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw")
+    async with topic.events() as stream:
+        await topic.send(value=b"x")
+        assert (await stream.get(timeout=10)).value == b"x"
+    assert "s3cr3t" not in repr(app) and "s3cr3t" not in repr(app.transport_object)
+    closed = App(name("app"), broker=f"{scheme}://alice:s3cr3t@127.0.0.1:1", connect_timeout=5)
+    with pytest.raises(ConnectionFailed) as info:
+        await closed.start()
+    assert "s3cr3t" not in str(info.value) and "***" in str(info.value)
+
+
+@needs_broker
+@DRIVERS
+async def test_session_taken_over_stops_the_member(scheme: str, apps: list[App]) -> None:
+    """Another client with the member's client id: the member fails, it does not fight."""
+    app = new_app(apps, scheme)
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw")
+    stream = topic.events()
+    await stream.start()
+    assert isinstance(stream._sub, MqttSubscription)
+    client_id = stream._sub.legs[0].client_id
+    host, port = parse_url(URL).host_list(1883)[0]
+    # Mosquitto 2.0.11 closes the old connection without a DISCONNECT reason: a single
+    # takeover is a reconnect; one after another (a fight) stops the member.
+    for _ in range(20):
+        proc = await asyncio.create_subprocess_exec(
+            "mosquitto_sub", "-h", host, "-p", str(port), "-V", "mqttv5", "-i", client_id,
+            "-t", "takeover/x", "-E",
+        )
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+        if stream._sub._error is not None:
+            break
+        await asyncio.wait_for(stream._sub.legs[0].connected.wait(), 10)
+    with pytest.raises(ConnectionFailed, match="taken over"):
+        await stream.get(timeout=10)
+    await stream.close()
