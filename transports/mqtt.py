@@ -37,7 +37,9 @@ option, so the driver reaches the paho client at ``aiomqtt.Client._client`` to c
 ``manual_ack_set(True)`` and ``ack(mid, qos)``, installs its own paho ``on_message`` (to see
 the DUP flag and receive from the instant of CONNACK) and ``on_publish`` (publishing through
 paho directly: aiomqtt's ``publish`` costs a task and a scan of its pending calls per
-message), and watches ``Client._disconnected`` to notice a dropped connection.
+message), and watches ``Client._disconnected`` to notice a dropped connection. It also
+replaces aiomqtt's socket reader (one packet per event-loop turn) by one that drains the
+socket through paho's public ``loop_read``.
 
 Capabilities (the same as ``gmqtt://``): persistent, consumer_groups, fanout_groups, ack,
 native headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
@@ -49,7 +51,9 @@ explicit_partitions, topic_check (an MQTT broker cannot tell whether a topic exi
 Sessions. Members have deterministic client ids ``<client_id>-<digest of group and
 topic>-<slot>`` so that a restarted member resumes its session and gets its unacked
 messages again. Two processes with the same ``client_id`` prefix would take each other's
-sessions over; the driver then stops that member with ConnectionFailed instead of fighting.
+sessions over; a session that hears DISCONNECT 0x8E, or loses its connection 5 times in
+10 s (Mosquitto 2.0.11 closes a taken-over connection without a reason), stops its member
+with ConnectionFailed instead of fighting.
 Mosquitto keeps handing an offline member's session its share of a shared subscription; a
 member that leaves while others stay therefore unsubscribes, and whatever the broker had
 already queued for it waits until a member uses that slot again.

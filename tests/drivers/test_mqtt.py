@@ -75,6 +75,18 @@ def test_unknown_option_and_bad_values_are_configuration_errors() -> None:
             (MqttTransport if url.startswith("mqtt") else GmqttTransport)(parse_url(url))
 
 
+def test_docs_examples_construct() -> None:
+    """The URLs of docs/drivers/mqtt.md are valid (constructing connects nothing)."""
+    import pathlib
+    import re
+
+    doc = pathlib.Path(__file__).resolve().parents[2] / "docs" / "drivers" / "mqtt.md"
+    block = re.findall(r"```python\n(.*?)```", doc.read_text(encoding="utf-8"), re.S)[0]
+    namespace: dict[str, Any] = {}
+    exec("import channels\n" + block, namespace)
+    assert isinstance(namespace["app"], App)
+
+
 def test_password_never_in_repr_or_errors() -> None:
     url = parse_url("mqtt://user:s3cr3t@127.0.0.1:1?bogus=1")
     with pytest.raises(ConfigurationError) as info:
