@@ -1021,6 +1021,8 @@ class KafkaTransport(Transport):
             if not missing:
                 return
             try:
+                if await self._group_busy(group):
+                    raise _BusyGroup
                 with map_errors(self.url, f"setting start offsets of group {group!r}"):
                     try:
                         await asyncio.wait_for(consumer.commit(missing), self.config.request_timeout_ms / 1000)
@@ -1037,6 +1039,20 @@ class KafkaTransport(Transport):
                     starts.setdefault(tp, meta.offset)
         finally:
             await _stop_consumer(consumer, 10)
+
+    async def _group_busy(self, group: str) -> bool:
+        """True when ``group`` has live members (only they may commit its offsets).
+
+        Asked first so that the commit refused for a busy group (which aiokafka logs as an
+        error) is the exception, not the rule.
+        """
+        try:
+            responses = await asyncio.wait_for(self.admin.describe_consumer_groups([group]), 10)
+            state = responses[0].groups[0][2]
+        except Exception as exc:
+            log.debug("cannot describe group %s: %r", group, exc)
+            return False
+        return state not in ("Empty", "Dead")
 
     # -- declare / publish / subscribe ---------------------------------------------------
 
