@@ -353,6 +353,10 @@ def _parse_config(url: BrokerURL) -> _Config:
                 broker=url,
             )
 
+    idempotent = url.option("enable_idempotence", False)
+    if idempotent and acks != "all":
+        raise ConfigurationError("enable_idempotence=true needs acks=all", broker=url)
+
     isolation = url.option("isolation_level", "read_uncommitted")
     if isolation not in ("read_uncommitted", "read_committed"):
         raise ConfigurationError(f"invalid isolation_level {isolation!r}", broker=url)
@@ -373,7 +377,7 @@ def _parse_config(url: BrokerURL) -> _Config:
         compression=None if compression == "none" else compression,
         linger_ms=positive("linger_ms", 0, 0),
         max_batch_size=positive("max_batch_size", 16384),
-        enable_idempotence=url.option("enable_idempotence", False),
+        enable_idempotence=idempotent,
         request_timeout_ms=positive("request_timeout_ms", 40000),
         partitions=positive("partitions", 4),
         replicas=positive("replicas", 1),

@@ -127,7 +127,7 @@ def test_options_are_parsed() -> None:
     t = transport(
         "kafka://u:pw@h1:9093,h2",
         client_id="billing",
-        acks="1",
+        acks="all",
         compression="gzip",
         linger_ms="5",
         max_batch_size="65536",
@@ -142,7 +142,8 @@ def test_options_are_parsed() -> None:
     )
     cfg = t.config
     assert cfg.bootstrap == ["h1:9093", "h2:9092"]
-    assert cfg.client_id == "billing" and cfg.acks == 1 and cfg.compression == "gzip"
+    assert cfg.client_id == "billing" and cfg.acks == "all" and cfg.compression == "gzip"
+    assert transport(acks="1").config.acks == 1 and transport(acks="0").config.acks == 0
     assert cfg.linger_ms == 5 and cfg.max_batch_size == 65536 and cfg.enable_idempotence
     assert cfg.security_protocol == "SASL_PLAINTEXT"
     assert cfg.sasl == {
@@ -174,6 +175,7 @@ def test_options_are_parsed() -> None:
         ({"partitions": "0"}, "partitions"),
         ({"linger_ms": "soon"}, "linger_ms"),
         ({"isolation_level": "dirty"}, "isolation_level"),
+        ({"enable_idempotence": "true", "acks": "1"}, "acks=all"),
     ],
 )
 def test_bad_options(options: dict[str, str], match: str) -> None:
