@@ -258,8 +258,10 @@ def build_capabilities(opts: MqttOptions, qos2_redelivers: bool = True) -> Capab
         ack=durable and (opts.qos < 2 or qos2_redelivers),
         redelivery_on_nack=False,
         replay_from_start=False,
-        native_headers=opts.v5,
-        native_keys=opts.v5,
+        # MQTT 5: user properties. MQTT 3.1.1: the envelope, or (envelope=off) plain payloads
+        # for foreign readers, refusing keys and headers rather than dropping them.
+        native_headers=opts.v5 or not opts.envelope,
+        native_keys=opts.v5 or not opts.envelope,
         patterns=True,
         explicit_partitions=False,
         topic_check=False,
@@ -418,6 +420,14 @@ def decode_properties(
         headers[CONTENT_TYPE_HEADER] = content_type.encode("utf-8")
     value: bytes | None = None if is_none and not payload else payload
     return key, value, headers
+
+
+def _check_plain(message: Message) -> None:
+    """MQTT 3.1.1 with ``envelope=off``: only a payload can travel."""
+    if message.key is not None or message.headers:
+        raise EncodeError("version=3 with envelope=off: MQTT 3.1.1 has no keys or headers")
+    if message.value is None:
+        raise EncodeError("version=3 with envelope=off: MQTT 3.1.1 cannot mark a None value")
 
 
 # -- acknowledgements ----------------------------------------------------------------------------
@@ -1059,6 +1069,8 @@ class MqttTransportBase(Transport):
             with self.map_errors("publish"):
                 for message in messages:
                     validate_topic_name(message.topic)
+                    if not self.opts.v5 and not self.opts.envelope:
+                        _check_plain(message)
                     meta = encode_properties(message, self.opts.v5)
                     fut = await self._start_publish(link, message.topic, meta, qos)
                     if fut is not None:

@@ -18,7 +18,8 @@ Options (shared with ``gmqtt://``, see ``transports._mqtt_common``):
 * ``max_inflight`` -- publishes awaiting their PUBACK at once (default 100).
 * ``max_message_size`` -- bytes (default 255 MiB, MQTT's packet limit minus headroom).
 * ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile`` -- TLS files (``mqtts://`` only).
-* ``envelope`` -- accepted for symmetry with other drivers; MQTT 5 uses no envelope.
+* ``envelope`` -- ``off`` with ``version=3``: plain payloads for foreign readers (keys,
+  headers and None then raise EncodeError). MQTT 5 uses no envelope either way.
 
 Mapping. topic = MQTT topic name; group = shared subscription ``$share/<group>/<topic>``
 (every group gets every message, the members of a group compete); key, headers and a None

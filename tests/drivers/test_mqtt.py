@@ -22,7 +22,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from channels import App
-from channels.errors import CapabilityNotSupported, ConfigurationError, ConnectionFailed, Timeout
+from channels.errors import (
+    CapabilityNotSupported,
+    ConfigurationError,
+    ConnectionFailed,
+    EncodeError,
+    Timeout,
+)
 from channels.events import Message
 from channels.url import parse_url
 from transports._mqtt_common import (
@@ -410,6 +416,23 @@ async def test_broker_restart_reconnects_and_resubscribes(apps: list[App]) -> No
             values.add(event.value)
         assert values == {b"a%d" % i for i in range(10)} | {b"b%d" % i for i in range(10)}
         await streams[scheme].close()
+
+
+@needs_broker
+@DRIVERS
+async def test_version_3_without_envelope_sends_plain_payloads(scheme: str, apps: list[App]) -> None:
+    app = new_app(apps, scheme, "?version=3&envelope=off")
+    assert not app.capabilities.uses_envelope
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw", key_serializer="raw")
+    async with topic.events() as stream:
+        await topic.send(value=b"\x00CHE plain")
+        with pytest.raises(EncodeError):
+            await topic.send(key=b"k", value=b"x")
+        with pytest.raises(EncodeError):
+            await topic.send(value=None)
+        event = await stream.get(timeout=10)
+    assert (event.key, event.value, event.headers) == (None, b"\x00CHE plain", {})
 
 
 @needs_broker
