@@ -775,9 +775,8 @@ class _KafkaSubscription(Subscription):
             try:
                 position = await asyncio.wait_for(consumer.position(tp), self.commit_timeout)
             except (TimeoutError, kerr.KafkaError) as exc:
-                # Revoked meanwhile, or the broker is away: try again on the next round.
+                # Revoked meanwhile, or the broker is away: the next round tries again.
                 log.debug("no start position for %s yet: %r", tp, exc)
-                self.baseline_needed.set()
                 continue
             if self.states.get(tp) is not state:
                 continue
@@ -795,7 +794,7 @@ class _KafkaSubscription(Subscription):
             if consumer is None or self.closed:
                 return
             try:
-                if self.baseline_needed.is_set():
+                if self.baseline_needed.is_set() or any(not st.baselined for st in self.states.values()):
                     await self._commit_baselines()
                 await self._commit(set(consumer.assignment()))
             except asyncio.CancelledError:
