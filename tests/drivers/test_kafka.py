@@ -395,8 +395,15 @@ async def test_internal_topic_config_is_applied() -> None:
                 config={"min.compaction.lag.ms": "1000"},
             )
         )
-        [response] = await t.admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-        values = {entry[0]: entry[1] for entry in response.resources[0][4]}
+        values: dict[str, str] = {}
+
+        async def described() -> bool:
+            # Right after creation the broker may not describe the topic yet.
+            [response] = await t.admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+            values.update({entry[0]: entry[1] for entry in response.resources[0][4]})
+            return "retention.ms" in values
+
+        await eventually(described, what="the topic's configs described")
         assert values["retention.ms"] == "3600000"
         assert values["cleanup.policy"] == "compact"
         assert values["min.compaction.lag.ms"] == "1000"
