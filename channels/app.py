@@ -62,6 +62,7 @@ class App:
         batch_size: int = 500,
         max_buffer: int = 10_000,
         retries: int = 3,
+        delivery_timeout: float = 60.0,
     ) -> None:
         if not isinstance(id, str) or not id.strip():
             raise ConfigurationError("an App needs a non-empty id")
@@ -72,7 +73,11 @@ class App:
         cls = get_transport_class(self.url.scheme)
         self.transport_object: Transport = cls(self.url)
         self.producer = Producer(
-            self.transport_object, batch_size=batch_size, max_buffer=max_buffer, retries=retries
+            self.transport_object,
+            batch_size=batch_size,
+            max_buffer=max_buffer,
+            retries=retries,
+            delivery_timeout=delivery_timeout,
         )
         self._topics: list[Topic[Any, Any]] = []
         self._streams: weakref.WeakSet[EventStream[Any, Any]] = weakref.WeakSet()
@@ -123,9 +128,7 @@ class App:
                 await asyncio.wait_for(self.transport_object.connect(), self.connect_timeout)
             except TimeoutError:
                 self._state = "new"
-                raise ConnectionFailed(
-                    f"could not connect within {self.connect_timeout}s", broker=self.url
-                ) from None
+                raise ConnectionFailed(f"could not connect within {self.connect_timeout}s", broker=self.url) from None
             except ChannelsError as exc:
                 self._state = "new"
                 if exc.broker is None:
@@ -198,9 +201,7 @@ class App:
             self._shutdown_event = asyncio.Event()
         self._shutdown_event.set()
 
-    def install_signal_handlers(
-        self, task: asyncio.Task[Any] | None = None, grace: float = 10.0
-    ) -> Callable[[], None]:
+    def install_signal_handlers(self, task: asyncio.Task[Any] | None = None, grace: float = 10.0) -> Callable[[], None]:
         """On SIGTERM or SIGINT: request a shutdown, and cancel ``task`` if it has not
         finished ``grace`` seconds later (or at a second signal). Returns a function that
         removes the handlers."""
@@ -262,9 +263,7 @@ class App:
         self._topics.append(topic)
         return topic
 
-    def channel(
-        self, *, key_type: Any = None, value_type: Any = None, maxsize: int | None = None
-    ) -> Channel[Any, Any]:
+    def channel(self, *, key_type: Any = None, value_type: Any = None, maxsize: int | None = None) -> Channel[Any, Any]:
         """An in-process channel (no broker)."""
         return Channel(self, key_type=key_type, value_type=value_type, maxsize=maxsize)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -25,8 +26,9 @@ class Producer:
     One flusher task publishes one batch at a time, so messages reach the broker in the
     order they were accepted. A batch failing with a retryable error (a dropped
     connection) is tried again up to ``retries`` times with growing pauses; any other
-    error fails every message of the batch. ``send`` waits while ``max_buffer`` messages
-    are queued; ``send_soon`` never waits.
+    error fails every message of the batch. Retries stop once ``delivery_timeout`` seconds
+    have passed since the batch was first tried, so a send always ends in bounded time.
+    ``send`` waits while ``max_buffer`` messages are queued; ``send_soon`` never waits.
     """
 
     def __init__(
@@ -37,12 +39,14 @@ class Producer:
         max_buffer: int = 10_000,
         retries: int = 3,
         retry_backoff: float = 0.2,
+        delivery_timeout: float = 60.0,
     ) -> None:
         self.transport = transport
         self.batch_size = batch_size
         self.max_buffer = max_buffer
         self.retries = retries
         self.retry_backoff = retry_backoff
+        self.delivery_timeout = delivery_timeout
         self._buffer: deque[tuple[Message, asyncio.Future[RecordMetadata]]] = deque()
         self._wakeup = asyncio.Event()
         self._space = asyncio.Event()
@@ -90,23 +94,32 @@ class Producer:
     async def _publish(self, batch: list[tuple[Message, asyncio.Future[RecordMetadata]]]) -> None:
         live = [(m, f) for m, f in batch if not f.cancelled()]
         attempt = 0
+        deadline = time.monotonic() + self.delivery_timeout
         while live:
             try:
-                results = await self.transport.publish([m for m, _ in live])
+                remaining = max(deadline - time.monotonic(), 0.001)
+                try:
+                    results = await asyncio.wait_for(self.transport.publish([m for m, _ in live]), remaining)
+                except TimeoutError:
+                    raise Timeout(
+                        f"the broker did not confirm within the delivery timeout of {self.delivery_timeout}s",
+                        broker=self.transport.url,
+                    ) from None
             except asyncio.CancelledError:
                 for _, fut in live:
                     if not fut.done():
-                        fut.set_exception(
-                            ClosedError("the producer closed before the broker confirmed")
-                        )
+                        fut.set_exception(ClosedError("the producer closed before the broker confirmed"))
                 raise
             except ChannelsError as exc:
-                if exc.retryable and attempt < self.retries and not self._closed:
+                delay = self.retry_backoff * (2**attempt)
+                if (
+                    exc.retryable
+                    and attempt < self.retries
+                    and not self._closed
+                    and time.monotonic() + delay < deadline
+                ):
                     attempt += 1
-                    delay = self.retry_backoff * (2 ** (attempt - 1))
-                    log.warning(
-                        "send failed (%s); retry %d/%d in %.1fs", exc, attempt, self.retries, delay
-                    )
+                    log.warning("send failed (%s); retry %d/%d in %.1fs", exc, attempt, self.retries, delay)
                     await asyncio.sleep(delay)
                     continue
                 self._fail(live, exc)
@@ -118,9 +131,7 @@ class Producer:
                         fut.set_result(md)
             return
 
-    def _fail(
-        self, batch: list[tuple[Message, asyncio.Future[RecordMetadata]]], exc: BaseException
-    ) -> None:
+    def _fail(self, batch: list[tuple[Message, asyncio.Future[RecordMetadata]]], exc: BaseException) -> None:
         self.failed += len(batch)
         for _, fut in batch:
             if not fut.done():

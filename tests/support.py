@@ -1,0 +1,96 @@
+"""The test brokers of scripts/brokers, shared by the test modules that need real brokers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Broker:
+    name: str
+    url: str
+    restart: str | None  # the scripts/brokers name to restart, None if it has no restart
+
+    def with_port(self, port: int) -> str:
+        """The same URL pointing at ``port`` on 127.0.0.1."""
+        scheme, rest = self.url.split("://", 1)
+        auth = rest.split("@", 1)[0] + "@" if "@" in rest else ""
+        tail = rest.split("@", 1)[-1]
+        path = tail[tail.index("/") :] if "/" in tail else ""
+        return f"{scheme}://{auth}127.0.0.1:{port}{path}"
+
+    @property
+    def port(self) -> int:
+        tail = self.url.split("://", 1)[1].split("@", 1)[-1].split("/", 1)[0]
+        return int(tail.rsplit(":", 1)[1])
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"CHANNELS_TEST_{name.upper()}_URL", default)
+
+
+BROKERS = {
+    b.name: b
+    for b in (
+        Broker("kafka", _env("kafka", "kafka://127.0.0.1:9092"), "kafka"),
+        Broker("amqp", _env("amqp", "amqp://guest:guest@127.0.0.1:5672/"), "rabbitmq"),
+        Broker("mqtt", _env("mqtt", "mqtt://127.0.0.1:1883"), "mqtt"),
+        Broker("gmqtt", _env("gmqtt", "gmqtt://127.0.0.1:1883"), "mqtt"),
+        Broker("nsq", _env("nsq", "nsq://127.0.0.1:4150"), "nsq"),
+        Broker("zmq", _env("zmq", "zmq://127.0.0.1:5560"), "zmq"),
+    )
+}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class TcpProxy:
+    """A TCP forwarder on 127.0.0.1 that a test can cut, to make a broker unreachable."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._server: asyncio.base_events.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> TcpProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._writers |= {writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError, asyncio.CancelledError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def cut(self) -> None:
+        """Stop listening and drop every connection (RST where possible)."""
+        if self._server is not None:
+            self._server.close()
+        for writer in list(self._writers):
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            writer.close()
+        self._writers.clear()
