@@ -21,3 +21,10 @@ def test_readme_api_example_runs_on_memory() -> None:
     assert lines[0].startswith("u1 id=1 item='tea' {'trace': b'a'}")
     assert lines[1].startswith("u2 id=2 item='milk'")
     assert lines[2] == "1"
+
+
+def test_readme_capability_table_matches_the_drivers() -> None:
+    from channels.testing.captable import update
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert update(readme) == readme, "README.md's capability table is stale: run scripts/capability-table"
