@@ -85,9 +85,9 @@ import logging
 import ssl
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 import aio_pika
@@ -116,6 +116,8 @@ from transports.base import Subscription, SubscriptionSpec, TopicSpec, Transport
 __all__ = ["AmqpTransport", "Unroutable", "header_bytes"]
 
 log = logging.getLogger("channels.transports.amqp")
+
+T = TypeVar("T")
 
 _OPTIONS = (
     "prefetch",
@@ -449,7 +451,7 @@ class AmqpTransport(Transport):
                 continue
             if self._closing:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT)
+                    await _bounded(conn.close(), _CLOSE_TIMEOUT)
                 return
             self._conn = conn
             self._ready.set()
@@ -462,7 +464,7 @@ class AmqpTransport(Transport):
             raise ClosedError("amqp transport is not connected", broker=self.url)
         if not self._ready.is_set():
             try:
-                await asyncio.wait_for(self._ready.wait(), self.connection_timeout)
+                await _bounded(self._ready.wait(), self.connection_timeout)
             except TimeoutError:
                 raise ConnectionFailed(
                     f"no connection to the broker within {self.connection_timeout}s (reconnecting)",
@@ -498,7 +500,7 @@ class AmqpTransport(Transport):
         self._pub = None
         if conn is not None:
             try:
-                await asyncio.wait_for(conn.close(), _CLOSE_TIMEOUT)
+                await _bounded(conn.close(), _CLOSE_TIMEOUT)
             except Exception as exc:  # a dead connection: nothing left to release
                 log.debug("closing the connection: %s", exc)
 
@@ -532,7 +534,7 @@ class AmqpTransport(Transport):
             finally:
                 if not channel.is_closed:
                     with contextlib.suppress(Exception):
-                        await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
+                        await _bounded(channel.close(), _CLOSE_TIMEOUT)
 
     async def _ensure_exchange(self, conn: AbstractConnection, name: str) -> None:
         """Publishing to a missing exchange closes the channel: check new names first."""
@@ -714,12 +716,12 @@ class _Consumer(Subscription):
             except BaseException:
                 self._channel = None
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
+                    await _bounded(channel.close(), _CLOSE_TIMEOUT)
                 raise
         if self._closed:
             self._channel = None
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
+                await _bounded(channel.close(), _CLOSE_TIMEOUT)
 
     def _callback(self, channel: AbstractChannel, topic: str) -> Any:
         async def on_message(delivered: DeliveredMessage) -> None:
@@ -804,13 +806,15 @@ class _Consumer(Subscription):
                 continue
             try:
                 underlay = await channel.get_underlay_channel()
-                if what == "ack":
-                    coro = underlay.basic_ack(token.tag)
-                elif requeue:
-                    coro = underlay.basic_nack(token.tag, requeue=True)
-                else:
-                    coro = underlay.basic_reject(token.tag, requeue=False)
-                await asyncio.wait_for(coro, _ACK_TIMEOUT)
+                # asyncio.timeout, not wait_for: no extra task, and a cancellation of the
+                # caller is never lost (wait_for in 3.11 can swallow one)
+                async with asyncio.timeout(_ACK_TIMEOUT):
+                    if what == "ack":
+                        await underlay.basic_ack(token.tag)
+                    elif requeue:
+                        await underlay.basic_nack(token.tag, requeue=True)
+                    else:
+                        await underlay.basic_reject(token.tag, requeue=False)
             except (
                 amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, OSError, TimeoutError
             ) as exc:
@@ -834,10 +838,20 @@ class _Consumer(Subscription):
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
             try:
-                await asyncio.wait_for(channel.close(), _CLOSE_TIMEOUT)
+                await _bounded(channel.close(), _CLOSE_TIMEOUT)
             except Exception as exc:
                 log.debug("closing a consumer channel: %r", exc)
         self.transport._subs.discard(self)
+
+
+async def _bounded(aw: Awaitable[T], seconds: float) -> T:
+    """``await aw`` for at most ``seconds`` (TimeoutError after that).
+
+    ``asyncio.timeout`` rather than ``wait_for``: in Python 3.11 ``wait_for`` can swallow
+    the caller's cancellation when the inner task has just finished.
+    """
+    async with asyncio.timeout(seconds):
+        return await aw
 
 
 def _incoming(topic: str, delivered: DeliveredMessage, channel: AbstractChannel) -> Message:
