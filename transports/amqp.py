@@ -623,6 +623,12 @@ class AmqpTransport(Transport):
                 if isinstance(result, amqp_errors.ChannelNotFoundEntity):
                     self._exchanges.discard(message.topic)
                     raise TopicNotFound(message.topic, broker=self.url) from result
+                if isinstance(result, amqp_errors.DeliveryError):
+                    raise ConnectionFailed(
+                        f"the broker refused a message on {message.topic!r} (basic.nack, e.g. a "
+                        "full queue with x-overflow=reject-publish)",
+                        broker=self.url,
+                    ) from result
                 if isinstance(result, BaseException):
                     raise result
                 if isinstance(result, DeliveredMessage):

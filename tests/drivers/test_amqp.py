@@ -446,7 +446,7 @@ async def test_prefetch_bounds_unacked_and_receive_is_cancel_safe(
             continue
         seen += [m.value for m in batch]
         await sub.ack(batch)
-    assert sorted(seen, key=int) == [b"%d" % i for i in range(20)]
+    assert sorted(seen, key=lambda v: int(v or b"-1")) == [b"%d" % i for i in range(20)]
     await sub.close()
     with pytest.raises(ClosedError):
         await sub.receive(1)
@@ -565,3 +565,14 @@ async def test_broker_restart_every_member_consumes_again_nothing_acked_lost(bro
         assert all(counts), f"a member did not consume after a {restart_seconds:.0f}s restart: {counts}"
         for member in members:
             await member.close()
+
+
+async def test_tls_options() -> None:
+    plain = AmqpTransport(parse_url("amqps://h/?verify=false"))
+    context = plain._ssl_context()
+    assert context is not None and not context.check_hostname
+    assert AmqpTransport(parse_url("amqp://h/"))._ssl_context() is None
+    broken = AmqpTransport(parse_url("amqps://u:s3cr3t@127.0.0.1:1/?ssl_cafile=/nonexistent/ca.pem"))
+    with pytest.raises(ConfigurationError) as info:
+        await broken.connect()
+    assert "s3cr3t" not in str(info.value)
