@@ -42,6 +42,11 @@ class ChannelsError(Exception):
         if broker is not None:
             self.set_broker(broker)
 
+    @classmethod
+    def from_text(cls, text: str, *, broker: Any = None) -> ChannelsError:
+        """Build the error from a message alone (what ``translate_errors`` does)."""
+        return cls(text, broker=broker)
+
     def set_broker(self, broker: Any) -> None:
         """Record the broker; URL objects and strings are redacted before they are kept."""
         from channels.url import redact
@@ -71,17 +76,25 @@ class TopicNotFound(ChannelsError, LookupError):
         super().__init__(message or f"topic {topic!r} does not exist", broker=broker)
         self.topic = topic
 
+    @classmethod
+    def from_text(cls, text: str, *, broker: Any = None) -> TopicNotFound:
+        return cls("", text, broker=broker)
+
 
 class MessageTooLarge(ChannelsError, ValueError):
     """A message is larger than the driver or broker accepts; nothing was sent."""
 
-    def __init__(self, size: int, limit: int, *, topic: str = "", broker: Any = None) -> None:
+    def __init__(
+        self, size: int | None, limit: int | None, *, topic: str = "", broker: Any = None, message: str = ""
+    ) -> None:
         where = f" for topic {topic!r}" if topic else ""
-        super().__init__(
-            f"message of {size} bytes{where} exceeds the limit of {limit} bytes", broker=broker
-        )
+        super().__init__(message or f"message of {size} bytes{where} exceeds the limit of {limit} bytes", broker=broker)
         self.size = size
         self.limit = limit
+
+    @classmethod
+    def from_text(cls, text: str, *, broker: Any = None) -> MessageTooLarge:
+        return cls(None, None, broker=broker, message=text)
 
 
 class EncodeError(ChannelsError, ValueError):
@@ -99,13 +112,20 @@ class DecodeError(ChannelsError, ValueError):
 class CapabilityNotSupported(ChannelsError, NotImplementedError):
     """The driver cannot do what was asked (see its ``Capabilities``)."""
 
-    def __init__(self, capability: str, reason: str = "", *, driver: str = "", broker: Any = None):
+    def __init__(self, capability: str, reason: str = "", *, driver: str = "", broker: Any = None) -> None:
         who = f"driver {driver!r}" if driver else "this driver"
         text = f"{who} does not support {capability}"
         if reason:
             text += f": {reason}"
         super().__init__(text, broker=broker)
         self.capability = capability
+
+    @classmethod
+    def from_text(cls, text: str, *, broker: Any = None) -> CapabilityNotSupported:
+        error = cls("", broker=broker)
+        error.message = text
+        error.args = (text,)
+        return error
 
 
 class ClosedError(ChannelsError, RuntimeError):

@@ -89,9 +89,7 @@ class Topic(Channel[K, V]):
         if acks not in _ACK_POLICIES:
             raise ConfigurationError(f"acks must be one of {_ACK_POLICIES}, not {acks!r}")
         if on_decode_error not in _DECODE_POLICIES:
-            raise ConfigurationError(
-                f"on_decode_error must be one of {_DECODE_POLICIES}, not {on_decode_error!r}"
-            )
+            raise ConfigurationError(f"on_decode_error must be one of {_DECODE_POLICIES}, not {on_decode_error!r}")
         if partitions is not None and partitions < 1:
             raise ConfigurationError("partitions must be >= 1")
         if replicas is not None and replicas < 1:
@@ -189,15 +187,9 @@ class Topic(Channel[K, V]):
         target = topic or self.names[0]
         transport = self.app.transport
         caps = transport.capabilities
-        key_codec = (
-            self._key_codec
-            if key_serializer is None
-            else codecs.resolve(self.key_type, key_serializer)
-        )
+        key_codec = self._key_codec if key_serializer is None else codecs.resolve(self.key_type, key_serializer)
         value_codec = (
-            self._value_codec
-            if value_serializer is None
-            else codecs.resolve(self.value_type, value_serializer)
+            self._value_codec if value_serializer is None else codecs.resolve(self.value_type, value_serializer)
         )
         raw_key = key_codec.dumps(key)
         raw_value = value_codec.dumps(value)
@@ -210,9 +202,7 @@ class Topic(Channel[K, V]):
             if partition < 0:
                 raise ConfigurationError("partition must be >= 0")
         if caps.uses_envelope:
-            message = Message(
-                target, envelope.wrap(raw_key, raw_value, raw_headers), None, {}, partition
-            )
+            message = Message(target, envelope.wrap(raw_key, raw_value, raw_headers), None, {}, partition)
         else:
             message = Message(target, raw_value, raw_key, raw_headers, partition)
         message.timestamp = timestamp
@@ -233,9 +223,7 @@ class Topic(Channel[K, V]):
         value_serializer: Any = None,
     ) -> RecordMetadata:
         """Send one message and return once the broker confirmed it."""
-        message = self.prepare(
-            key, value, headers, partition, timestamp, key_serializer, value_serializer
-        )
+        message = self.prepare(key, value, headers, partition, timestamp, key_serializer, value_serializer)
         return await self.app.producer.send(message)
 
     def send_soon(
@@ -253,12 +241,8 @@ class Topic(Channel[K, V]):
 
         Bad input raises here, at the call. Await the returned future for its metadata.
         """
-        pending = PendingMessage(
-            self, key, value, headers, partition, timestamp, key_serializer, value_serializer
-        )
-        message = self.prepare(
-            key, value, headers, partition, timestamp, key_serializer, value_serializer
-        )
+        pending = PendingMessage(self, key, value, headers, partition, timestamp, key_serializer, value_serializer)
+        message = self.prepare(key, value, headers, partition, timestamp, key_serializer, value_serializer)
         return FutureMessage(pending, self.app.producer.enqueue(message))
 
     async def put(self, value: V) -> None:
@@ -360,9 +344,7 @@ def encode_headers(headers: Mapping[str, str | bytes] | None) -> dict[str, bytes
     if not headers:
         return {}
     if not isinstance(headers, Mapping):
-        raise EncodeError(
-            f"headers must be a mapping of str to bytes or str, not {type(headers).__name__}"
-        )
+        raise EncodeError(f"headers must be a mapping of str to bytes or str, not {type(headers).__name__}")
     out: dict[str, bytes] = {}
     for name, value in headers.items():
         if not isinstance(name, str) or not name:
@@ -384,9 +366,7 @@ async def _first_or_nothing(
     task = asyncio.ensure_future(receive)
     stopper = asyncio.ensure_future(stop.wait())
     try:
-        done, _ = await asyncio.wait(
-            {task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-        )
+        done, _ = await asyncio.wait({task, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         stopper.cancel()
         if not task.done():
@@ -448,9 +428,7 @@ class EventStream(AsyncIterator[Event[K, V]]):
                     broker=app.url,
                 )
             if self.topic.pattern is not None and not caps.patterns:
-                raise CapabilityNotSupported(
-                    "pattern subscriptions", driver=type(transport).__name__, broker=app.url
-                )
+                raise CapabilityNotSupported("pattern subscriptions", driver=type(transport).__name__, broker=app.url)
             await self.topic.maybe_declare()
             spec = SubscriptionSpec(
                 self.topic.specs,
@@ -497,9 +475,7 @@ class EventStream(AsyncIterator[Event[K, V]]):
                 raise ClosedError(f"stream on {self.topic.name!r} is closed")
             if self.topic.app.shutting_down:
                 await self.close(clean=True)
-                raise ClosedError(
-                    f"stream on {self.topic.name!r} is closed: the app is shutting down"
-                )
+                raise ClosedError(f"stream on {self.topic.name!r} is closed: the app is shutting down")
             if not self._buffer:
                 await self._fill(timeout)
                 continue
@@ -544,9 +520,7 @@ class EventStream(AsyncIterator[Event[K, V]]):
             headers["channels-error"] = str(exc).encode("utf-8", "replace")
             headers["channels-source-topic"] = message.topic.encode("utf-8")
             raw_value = message.value
-            dead = self.topic.app.topic(
-                dlq, internal=True, value_serializer="raw", key_serializer="raw"
-            )
+            dead = self.topic.app.topic(dlq, internal=True, value_serializer="raw", key_serializer="raw")
             await dead.maybe_declare()
             await dead.send(key=message.key, value=raw_value, headers=headers)
         log.warning("skipping undecodable message on %s: %s", message.topic, exc)
@@ -576,7 +550,16 @@ class EventStream(AsyncIterator[Event[K, V]]):
                 driver=type(self.topic.app.transport_object).__name__,
                 broker=self.topic.app.url,
             )
-        await self._sub.nack([event.message], requeue)
+        message = event.message
+        later: list[Message] = []
+        if requeue and message.partition is not None and self._buffer:
+            # Messages of the same partition already fetched go back too, so the partition
+            # is delivered again in order (drivers that seek back ignore them).
+            key = (message.topic, message.partition)
+            later = [m for m in self._buffer if (m.topic, m.partition) == key]
+            if later:
+                self._buffer = deque(m for m in self._buffer if (m.topic, m.partition) != key)
+        await self._sub.nack([message, *later], requeue)
 
     async def close(self, *, clean: bool = False) -> None:
         """Leave the group. With ``clean`` (a block that exited without error) the last

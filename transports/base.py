@@ -163,9 +163,7 @@ class Transport(abc.ABC):
 
 @contextlib.contextmanager
 def translate_errors(
-    table: Sequence[
-        tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]
-    ],
+    table: Sequence[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]],
     broker: BrokerURL,
     what: str = "",
 ) -> Iterator[None]:
@@ -184,7 +182,7 @@ def translate_errors(
         for exc_types, error in table:
             if isinstance(exc, exc_types):
                 text = f"{what}: {exc}" if what else str(exc) or type(exc).__name__
-                raise error(text, broker=broker) from exc
+                raise error.from_text(text, broker=broker) from exc
         raise
 
 

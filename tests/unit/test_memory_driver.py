@@ -228,3 +228,30 @@ async def test_event_context_manager_acks_and_nacks() -> None:
             async with again:
                 pass
             assert again.acked
+
+
+async def test_nack_returns_fetched_messages_of_the_partition_in_order() -> None:
+    app = channels.App("app")
+    topic = app.topic(_name(), internal=True, acks="manual", key_type=str)
+    async with app:
+        async with topic.events() as stream:
+            for i in range(5):
+                await topic.send(key="same", value=str(i).encode())
+            first = await stream.get(timeout=1)
+            assert first.value == b"0"
+            await first.nack()
+            again = [await stream.get(timeout=1) for _ in range(5)]
+            assert [e.value for e in again] == [b"0", b"1", b"2", b"3", b"4"]
+            assert again[0].message.redelivered
+
+
+def test_translate_errors_builds_every_error_type() -> None:
+    from channels.url import parse_url
+    from transports.base import translate_errors
+
+    url = parse_url("kafka://u:secret@h:1")
+    for error in (TopicNotFound, MessageTooLarge, CapabilityNotSupported, ClosedError):
+        with pytest.raises(error) as info, translate_errors([(KeyError, error)], url, "doing x"):
+            raise KeyError("boom")
+        assert "doing x" in str(info.value) and "secret" not in str(info.value)
+        assert "u:***@h:1" in str(info.value)
