@@ -66,7 +66,8 @@ headers and keys, topic check. Not supported, and why:
 
 Reconnects are the driver's own (aio-pika's robust connection is not used, see
 aio-pika#594): when the connection drops, one task reconnects with bounded backoff;
-every subscription then opens a new channel, declares its queues again and consumes.
+every subscription then opens a new channel, declares its queues again and consumes (also
+when the broker cancels its consumer, e.g. because its queue was deleted).
 Messages received on the lost channel and not yet acked are redelivered by the broker;
 acking them afterwards does nothing. Publishing waits up to ``connection_timeout`` for
 the connection and fails with ``ConnectionFailed`` (retryable) after that.
@@ -693,6 +694,7 @@ class _Consumer(Subscription):
         self._error: BaseException | None = None
         self._closed = False
         self._task: asyncio.Task[None] | None = None
+        self._cancels: set[asyncio.Task[None]] = set()
         #: how many times the member consumed again after losing its channel
         self.restarts = 0
 
@@ -715,6 +717,7 @@ class _Consumer(Subscription):
             try:
                 await channel.set_qos(prefetch_count=self.prefetch)
                 underlay = await channel.get_underlay_channel()
+                underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker(channel))
                 for queue in self.queues:
                     await underlay.basic_consume(
                         queue.queue, self._callback(channel, queue.topic.name), no_ack=False
@@ -736,6 +739,20 @@ class _Consumer(Subscription):
             self._inbox.put_nowait(_incoming(topic, delivered, channel))
 
         return on_message
+
+    def _cancelled_by_broker(self, channel: AbstractChannel) -> Any:
+        """The broker cancelled a consumer (its queue was deleted, a quorum queue moved):
+        close the channel, so the supervisor declares the queue again and consumes."""
+
+        def on_cancel(frame: Any) -> None:
+            if self._closed or channel is not self._channel:
+                return
+            log.warning("the broker cancelled a consumer on %s; consuming again", self.queues[0].queue)
+            task = asyncio.get_running_loop().create_task(_bounded(channel.close(), _CLOSE_TIMEOUT))
+            self._cancels.add(task)
+            task.add_done_callback(self._cancels.discard)
+
+        return on_cancel
 
     async def _supervise(self) -> None:
         delay = 0.1

@@ -576,3 +576,33 @@ async def test_tls_options() -> None:
     with pytest.raises(ConfigurationError) as info:
         await broken.connect()
     assert "s3cr3t" not in str(info.value)
+
+
+@needs_broker
+@pytest.mark.timeout(60)
+async def test_member_consumes_again_after_its_channel_or_queue_is_gone(
+    transport: AmqpTransport, broker: Broker
+) -> None:
+    topic, group = name("gone"), name("g")
+    broker.track(topic, group)
+    spec = TopicSpec(topic, internal=True)
+    await transport.declare(spec, group)
+    sub: Any = await transport.subscribe(SubscriptionSpec((spec,), group))
+    # 1. the member's channel closes (as after a channel error): it consumes again
+    await sub._channel.close()
+    await eventually(lambda: sub.restarts >= 1, 15, "consuming on a new channel")
+    await transport.publish([Message(topic, b"one")])
+    [one] = await receive_n(sub, 1)
+    assert one.value == b"one"
+    await sub.ack([one])
+    # 2. someone deletes the group queue: the broker cancels the consumer; the member
+    # declares queue and binding again and consumes
+    channel = await broker.channel()
+    await channel.queue_delete(f"{topic}.{group}")
+    await channel.close()
+    await eventually(lambda: sub.restarts >= 2, 15, "consuming after the queue was deleted")
+    await transport.publish([Message(topic, b"two")])
+    [two] = await receive_n(sub, 1)
+    assert two.value == b"two"
+    await sub.ack([two])
+    await sub.close()
