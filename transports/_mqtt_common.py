@@ -77,6 +77,7 @@ OPTIONS = (
     "session_expiry",
     "clean_start",
     "connect_timeout",
+    "stall_timeout",
     "receive_maximum",
     "max_inflight",
     "max_message_size",
@@ -157,6 +158,7 @@ class MqttOptions:
     session_expiry: int
     clean_start: bool
     connect_timeout: float
+    stall_timeout: float
     receive_maximum: int | None
     max_inflight: int
     max_message_size: int
@@ -195,6 +197,7 @@ def parse_options(url: BrokerURL, tls_schemes: Iterable[str]) -> MqttOptions:
     max_inflight = url.option("max_inflight", 100)
     max_message_size = url.option("max_message_size", DEFAULT_MAX_MESSAGE)
     connect_timeout = url.option("connect_timeout", 10.0)
+    stall_timeout = url.option("stall_timeout", 30.0)
     if not 0 < keepalive <= 65_535:
         raise ConfigurationError("keepalive must be 1..65535 seconds", broker=url)
     if not 0 <= session_expiry <= 0xFFFFFFFF:
@@ -209,6 +212,8 @@ def parse_options(url: BrokerURL, tls_schemes: Iterable[str]) -> MqttOptions:
         )
     if connect_timeout <= 0:
         raise ConfigurationError("connect_timeout must be > 0", broker=url)
+    if stall_timeout <= 0:
+        raise ConfigurationError("stall_timeout must be > 0", broker=url)
     cafile = url.option("ssl_cafile", "")
     certfile = url.option("ssl_certfile", "")
     keyfile = url.option("ssl_keyfile", "")
@@ -238,6 +243,7 @@ def parse_options(url: BrokerURL, tls_schemes: Iterable[str]) -> MqttOptions:
         session_expiry=session_expiry,
         clean_start=url.option("clean_start", False),
         connect_timeout=connect_timeout,
+        stall_timeout=stall_timeout,
         receive_maximum=receive_maximum or None,
         max_inflight=max_inflight,
         max_message_size=max_message_size,
@@ -632,6 +638,9 @@ class _Leg:
         self.losses: deque[float] = deque(maxlen=FLAP_LOSSES)
         #: set while the session is connected and subscribed
         self.connected = asyncio.Event()
+        #: armed while the broker's window is full behind an unacked message
+        self.stall_timer: asyncio.TimerHandle | None = None
+        self.stall_mark = -1
 
     @property
     def client_id(self) -> str:
@@ -679,6 +688,8 @@ class _Leg:
         if link is not self.link or self.acks is None:
             return  # a connection we already left: the broker redelivers its messages
         entry = self.acks.add(incoming.handle) if incoming.qos > 0 else None
+        if entry is not None and self.acks.pending >= self.sub.receive_maximum:
+            self._arm_stall(link)
         if self.regex is not None and not self.regex.fullmatch(incoming.topic):
             if entry is not None:
                 self.acks.ack(entry)
@@ -700,10 +711,52 @@ class _Leg:
             return  # QoS 0, or a connection that is gone: its messages come back anyway
         self.acks.ack(entry)
 
+    # A message never acked (a handler that failed inside ``async with event``) holds back
+    # the PUBACK of every later one; once Receive Maximum of them wait, the broker sends no
+    # more. If the window stays full and nothing is released for ``stall_timeout`` seconds,
+    # the session reconnects: the broker resends the held messages (the unacked one and,
+    # as duplicates, those acked behind it) and delivery goes on. At-least-once either way.
+
+    def _arm_stall(self, link: Link) -> None:
+        if self.stall_timer is not None or self.acks is None:
+            return
+        self.stall_mark = self.acks.released
+        self.stall_timer = asyncio.get_running_loop().call_later(
+            self.opts.stall_timeout, self._check_stall, link
+        )
+
+    def _check_stall(self, link: Link) -> None:
+        self.stall_timer = None
+        acks = self.acks
+        if link is not self.link or acks is None or link.lost or self.sub.closed:
+            return
+        if acks.pending < self.sub.receive_maximum:
+            return
+        if acks.released != self.stall_mark:
+            self._arm_stall(link)  # progress was made; still full: watch again
+            return
+        log.warning(
+            "MQTT session %s: %d messages waited %.0fs behind an unacked one; reconnecting "
+            "so the broker resends them",
+            self.client_id, acks.pending, self.opts.stall_timeout,
+        )
+        self.reconnect_task = asyncio.get_running_loop().create_task(self._restart(link))
+
+    async def _restart(self, link: Link) -> None:
+        self.link = None  # its messages' acks are void: the broker resends them
+        self.connected.clear()
+        self.sub._drop_buffered(link)
+        with contextlib.suppress(Exception):
+            await link.close(keep_session=True)
+        await self._reconnect()
+
     def _on_lost(self, link: Link, reason: int | None) -> None:
         if link is not self.link or self.sub.closed:
             return
         self.connected.clear()
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
         now = asyncio.get_running_loop().time()
         self.losses.append(now)
         flapping = len(self.losses) == FLAP_LOSSES and now - self.losses[0] < FLAP_SECONDS
@@ -742,6 +795,9 @@ class _Leg:
 
     async def close(self) -> None:
         """Leave the group (serialized with the other members of this group and topic)."""
+        if self.stall_timer is not None:
+            self.stall_timer.cancel()
+            self.stall_timer = None
         if self.reconnect_task is not None:
             self.reconnect_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -820,6 +876,10 @@ class MqttSubscription(Subscription):
             return
         self._buffer.append(message)
         self._wake.set()
+
+    def _drop_buffered(self, link: Link) -> None:
+        """Forget messages of ``link`` not handed out yet (the broker resends them)."""
+        self._buffer = deque(m for m in self._buffer if m.token[1] is not link)
 
     def _fail(self, exc: BaseException) -> None:
         self._error = exc

@@ -10,6 +10,8 @@ Options (shared with ``gmqtt://``, see ``transports._mqtt_common``):
 * ``client_id`` -- prefix of every client id (default ``anychannel``). Give each process
   that joins the same groups its own prefix (see "Sessions" below).
 * ``keepalive`` -- seconds (default 60). ``connect_timeout`` -- seconds (default 10).
+* ``stall_timeout`` -- seconds a member's window may stay full behind an unacked message
+  before its session reconnects to get the held messages resent (default 30).
 * ``session_expiry`` -- seconds a member's session outlives its connection (default 86400).
 * ``clean_start`` -- ``true`` makes every session end with its connection (no
   at-least-once: the capabilities ``ack`` and ``persistent`` turn False).
