@@ -489,9 +489,8 @@ class AmqpTransport(Transport):
             return
         self._closing = True
         self._ready.set()  # wake waiters; they see _closing
-        for sub in list(self._subs):
-            with contextlib.suppress(Exception):
-                await sub.close()
+        # at once: each close is bounded, and a dead broker must not add them up
+        await asyncio.gather(*(sub.close() for sub in list(self._subs)), return_exceptions=True)
         self._subs.clear()
         if self._reconnector is not None:
             self._reconnector.cancel()

@@ -31,11 +31,13 @@ from channels.errors import (
     CapabilityNotSupported,
     ClosedError,
     ConfigurationError,
+    ConnectionFailed,
     EncodeError,
     TopicNotFound,
 )
 from channels.events import Message
 from channels.url import parse_url
+from tests.support import TcpProxy
 from transports.amqp import AmqpTransport, Unroutable, header_bytes
 from transports.base import SubscriptionSpec, TopicSpec
 
@@ -606,3 +608,30 @@ async def test_member_consumes_again_after_its_channel_or_queue_is_gone(
     assert two.value == b"two"
     await sub.ack([two])
     await sub.close()
+
+
+@needs_broker
+@pytest.mark.timeout(60)
+async def test_broker_gone_publish_fails_retryable_and_close_is_bounded(broker: Broker) -> None:
+    proxy = await TcpProxy(parse_url(URL).host_list(5672)[0][1]).start()
+    url = f"amqp://guest:guest@127.0.0.1:{proxy.port}/?connection_timeout=1&reconnect_max_delay=0.5"
+    transport = AmqpTransport(parse_url(url))
+    await transport.connect()
+    topic, group = name("cut"), name("g")
+    broker.track(topic, group)
+    spec = TopicSpec(topic, internal=True)
+    await transport.declare(spec, group)
+    sub = await transport.subscribe(SubscriptionSpec((spec,), group))
+    await transport.publish([Message(topic, b"before")])
+    [before] = await receive_n(sub, 1)
+    await proxy.cut()
+    await eventually(lambda: not transport._ready.is_set(), 10, "the driver noticing the cut")
+    with pytest.raises(ConnectionFailed) as info:
+        await asyncio.wait_for(transport.publish([Message(topic, b"during")]), 10)
+    assert info.value.retryable
+    await asyncio.wait_for(sub.ack([before]), 2)  # dropped: no exception, no hang
+    started = time.monotonic()
+    await asyncio.wait_for(transport.close(), 15)
+    assert time.monotonic() - started < 10
+    with pytest.raises(ClosedError):
+        await transport.publish([Message(topic, b"after close")])
