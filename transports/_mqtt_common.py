@@ -1137,7 +1137,7 @@ class MqttTransportBase(Transport):
                         waits.append(fut)
                     results.append(RecordMetadata(message.topic, None, None, time.time()))
                 if waits:
-                    await self._guarded(asyncio.gather(*waits), "publish")
+                    await self._confirmations(waits)
                 if link.lost:
                     raise ConnectionFailed(
                         "the connection dropped while publishing", broker=self.url
@@ -1146,7 +1146,26 @@ class MqttTransportBase(Transport):
             for fut in waits:
                 if not fut.done():
                     fut.cancel()
+                elif not fut.cancelled():
+                    fut.exception()  # retrieved: no "never retrieved" warning
         return results
+
+    async def _confirmations(self, waits: list[asyncio.Future[None]]) -> None:
+        """Wait for every PUBACK; fail when none arrives for ``connect_timeout`` seconds
+        (a batch of large messages may take longer than that as a whole)."""
+        pending: set[asyncio.Future[None]] = set(waits)
+        while pending:
+            done, pending = await asyncio.wait(
+                pending, timeout=self.opts.connect_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not done:
+                raise ConnectionFailed(
+                    f"publish: no PUBACK within {self.opts.connect_timeout}s "
+                    f"({len(pending)} of {len(waits)} unconfirmed)",
+                    broker=self.url,
+                )
+            for fut in done:
+                fut.result()  # raises what the link set (a dropped connection)
 
     async def _start_publish(
         self, link: Link, topic: str, meta: WireMeta, qos: int
