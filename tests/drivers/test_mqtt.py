@@ -76,6 +76,9 @@ def test_unknown_option_and_bad_values_are_configuration_errors() -> None:
         "gmqtt://h?keepalive=0",
         "mqtt://h?ssl_cafile=/x",
         "gmqtt://h?max_message_size=0",
+        "mqtts://h?ssl_cafile=/nonexistent/ca.pem",
+        "gmqtts://h?ssl_certfile=/nonexistent/cert.pem",
+        "mqtt://h?stall_timeout=0",
     ):
         with pytest.raises(ConfigurationError):
             (MqttTransport if url.startswith("mqtt") else GmqttTransport)(parse_url(url))
@@ -91,6 +94,13 @@ def test_docs_examples_construct() -> None:
     namespace: dict[str, Any] = {}
     exec("import channels\n" + block, namespace)
     assert isinstance(namespace["app"], App)
+
+
+def test_tls_schemes_build_a_context_and_default_port() -> None:
+    for cls, scheme in ((MqttTransport, "mqtts"), (GmqttTransport, "gmqtts")):
+        opts = cls(parse_url(f"{scheme}://broker.example")).opts
+        assert opts.tls is not None and opts.port == 8883
+    assert MqttTransport(parse_url("mqtt://broker.example")).opts.tls is None
 
 
 def test_password_never_in_repr_or_errors() -> None:
