@@ -1,4 +1,11 @@
-"""This library's in-process Channel, the same loop as the asyncio.Queue baseline."""
+"""This library's in-process Channel, the same loops as the asyncio.Queue baseline.
+
+``channels.Channel`` (no app, no broker): ``await put`` / ``await get``. ``end_to_end`` is
+the target's case (a producer and a consumer task over a channel bounded at 1,000, like
+the bounded ``asyncio.Queue``); ``publish_confirm`` and ``consume`` use an unbounded
+channel like the baseline; ``publish_batch`` uses ``send_soon`` (our fire-and-forget call)
+and then awaits every future.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,35 @@ import time
 
 import channels
 from channels.benchmark import Result, _payload, _result
+
+
+async def publish_confirm(url: str, n: int, size: int) -> Result:
+    channel: channels.Channel[None, bytes] = channels.Channel()
+    value = _payload(size)
+    start = time.perf_counter()
+    for _ in range(n):
+        await channel.put(value)
+    return _result("publish_confirm", n, size, time.perf_counter() - start)
+
+
+async def publish_batch(url: str, n: int, size: int) -> Result:
+    channel: channels.Channel[None, bytes] = channels.Channel()
+    value = _payload(size)
+    start = time.perf_counter()
+    futures = [channel.send_soon(value=value) for _ in range(n)]
+    await asyncio.gather(*(f.future for f in futures))
+    return _result("publish_batch", n, size, time.perf_counter() - start)
+
+
+async def consume(url: str, n: int, size: int) -> Result:
+    channel: channels.Channel[None, bytes] = channels.Channel()
+    value = _payload(size)
+    for _ in range(n):
+        await channel.put(value)
+    start = time.perf_counter()
+    for _ in range(n):
+        await channel.get()
+    return _result("consume", n, size, time.perf_counter() - start)
 
 
 async def end_to_end(url: str, n: int, size: int) -> Result:
