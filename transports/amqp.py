@@ -828,15 +828,17 @@ class _Consumer(Subscription):
                 continue
             try:
                 underlay = await channel.get_underlay_channel()
-                # asyncio.timeout, not wait_for: no extra task, and a cancellation of the
-                # caller is never lost (wait_for in 3.11 can swallow one)
+                # The frame is queued for the connection's writer (wait=False: no round trip
+                # per message; a full write queue still makes us wait, bounded). Frames of a
+                # channel go out in order, so a later channel close never overtakes an ack.
+                # asyncio.timeout, not wait_for: a cancellation of the caller is never lost.
                 async with asyncio.timeout(_ACK_TIMEOUT):
                     if what == "ack":
-                        await underlay.basic_ack(token.tag)
+                        await underlay.basic_ack(token.tag, wait=False)
                     elif requeue:
-                        await underlay.basic_nack(token.tag, requeue=True)
+                        await underlay.basic_nack(token.tag, requeue=True, wait=False)
                     else:
-                        await underlay.basic_reject(token.tag, requeue=False)
+                        await underlay.basic_reject(token.tag, requeue=False, wait=False)
             except (
                 amqp_errors.AMQPError, amqp_errors.ChannelInvalidStateError, OSError, TimeoutError
             ) as exc:
