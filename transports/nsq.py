@@ -161,6 +161,8 @@ def _error_table() -> list[Any]:
     from ansq.tcp.exceptions import ConnectionClosedError, NSQException
 
     table: list[Any] = [
+        # a certificate nobody trusts does not get better by retrying
+        (ssl.SSLCertVerificationError, ConfigurationError),
         (TimeoutError, Timeout),
         (
             (ConnectionClosedError, NSQException, OSError, asyncio.IncompleteReadError, EOFError),
@@ -463,6 +465,12 @@ class NsqTransport(Transport):
             try:
                 self._writer = await self._open(host, port)
                 return self._writer
+            except ssl.SSLCertVerificationError as exc:
+                raise ConfigurationError(
+                    f"TLS: the certificate of nsqd {host}:{port} is not trusted ({exc.verify_message}); "
+                    "set tls_ca_file",
+                    broker=self.shown_url,
+                ) from exc
             except TimeoutError:
                 errors.append(f"{host}:{port}: no answer within {self.connect_timeout}s")
             except OSError as exc:
@@ -620,9 +628,7 @@ async def _close_quietly(conn: Any) -> None:
         return
     try:
         await asyncio.wait_for(conn.close(), 5)
-    except (Exception, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError):
-            raise
+    except Exception as exc:
         log.debug("closing an nsqd connection failed: %r", exc)
 
 
@@ -826,8 +832,8 @@ class _Reader:
                 log.debug("clean close of %s:%s failed: %r", self.host, self.port, exc)
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            # wait() never raises the task's outcome, so our own cancellation still propagates
+            await asyncio.wait([task], timeout=10)
         if conn is not None:
             await _close_quietly(conn)
         self.conn = None
@@ -984,8 +990,7 @@ class _Subscription(Subscription):
         self.wake.set()
         if self._poller is not None:
             self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await asyncio.wait([self._poller], timeout=10)
         await asyncio.gather(*(reader.close() for reader in self.readers), return_exceptions=True)
         self.queue.clear()
         self.transport._subs.discard(self)

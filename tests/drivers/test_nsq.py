@@ -190,11 +190,53 @@ async def test_publish_to_a_silent_nsqd_is_bounded() -> None:
 # -- against nsqd -------------------------------------------------------------------------
 
 
+TLS_DIR = ROOT / ".brokers" / "tls"
+TLS_URL = os.environ.get("CHANNELS_TEST_NSQ_TLS_URL", f"{URL}?tls=true&tls_ca_file={TLS_DIR / 'ca.crt'}")
+needs_tls = pytest.mark.skipif(
+    not (TLS_DIR / "ca.crt").exists() and "CHANNELS_TEST_NSQ_TLS_URL" not in os.environ,
+    reason="no test CA (scripts/brokers makes one in .brokers/tls)",
+)
+
+
 @needs_nsqd
-async def test_tls_refused_by_a_plain_nsqd() -> None:
+@needs_tls
+async def test_tls_round_trip() -> None:
+    """tls=true: IDENTIFY asks for tls_v1, the socket is upgraded (ansq cannot do that
+    itself), and publishing and consuming work over it."""
+    topic, group = name(), name("g")
+    async with connected(TLS_URL) as t:
+        ssl_object = t.native()._writer.get_extra_info("ssl_object")
+        assert ssl_object is not None and ssl_object.version() in ("TLSv1.2", "TLSv1.3")
+        await t.declare(TopicSpec(topic, internal=True), group)
+        sub = await t.subscribe(spec(topic, group))
+        reader = sub.readers[0]  # type: ignore[attr-defined]
+        assert reader.conn._writer.get_extra_info("ssl_object") is not None
+        body = b"\x00CHE\x01\x00\x00\x00" + bytes(range(256)) * 400
+        await t.publish([Message(topic, body), Message(topic, body)])
+        got = await receive(sub, 2)
+        assert [m.value for m in got] == [body, body]
+        await sub.ack(got)
+
+
+@needs_nsqd
+@needs_tls
+async def test_tls_with_a_client_certificate() -> None:
+    if not (TLS_DIR / "client.crt").exists():
+        pytest.skip("no client certificate in .brokers/tls")
+    url = f"{TLS_URL}&tls_cert_file={TLS_DIR / 'client.crt'}&tls_key_file={TLS_DIR / 'client.key'}"
+    async with connected(url) as t:
+        (result,) = await t.publish([Message(name(), b"\x00CHE\x01\x00\x00\x00mtls")])
+        assert result.partition is None
+
+
+@needs_nsqd
+async def test_tls_with_an_untrusted_certificate_is_a_configuration_error() -> None:
+    """Without the CA, verification fails: ConfigurationError (not retryable), never a
+    silent fallback to plaintext."""
     t = transport(tls="true", connect_timeout="3")
-    with pytest.raises(ConfigurationError, match="TLS"):
+    with pytest.raises(ConfigurationError, match="TLS") as info:
         await t.connect()
+    assert not info.value.retryable
 
 
 @needs_nsqd
