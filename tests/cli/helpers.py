@@ -108,6 +108,14 @@ class Background:
             if needle in line:
                 return line
 
+    def wait_for_output(self, lines: int, timeout: float = 60.0) -> None:
+        """Block until stdout holds at least ``lines`` lines."""
+        deadline = time.monotonic() + timeout
+        while b"".join(self._stdout).count(b"\n") < lines:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"fewer than {lines} line(s) of output: {self.stderr}")
+            time.sleep(0.01)  # polling a buffer filled by the reader thread
+
     @property
     def stderr(self) -> str:
         return "".join(self.stderr_lines)

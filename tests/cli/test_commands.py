@@ -231,6 +231,30 @@ def test_bridge_resumes_without_loss_after_ctrl_c(background: list[Background]) 
     assert values == expected
 
 
+def test_bridge_loses_nothing_when_killed(background: list[Background]) -> None:
+    """kill -9 in the middle of a run, then a second run: every message arrives."""
+    src_topic, dst_topic, group = unique("src"), unique("dst"), unique("bridge-group")
+    total = 2000
+    tail = start(background, "tail", KAFKA, dst_topic, "--format", "json", "--timeout", "10", "--create")
+    tail.wait_for_line("listening on")
+    # declare both topics and the bridge's group, so the messages wait for it
+    setup = run_cli("bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group, "--create", "-t", "1")
+    assert setup.returncode == 0, setup.stderr
+    sent = run_cli("send", RABBITMQ, src_topic, input=lines_input([f"m{i}" for i in range(total)]))
+    assert sent.returncode == 0, sent.stderr
+    crash = start(background, "bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group, "--window", "20")
+    crash.wait_for_line("bridging")
+    tail.wait_for_output(1)
+    crash.kill()  # SIGKILL: no chance to clean up
+    second = run_cli("bridge", RABBITMQ, src_topic, KAFKA, dst_topic, "-g", group, "-t", "5")
+    assert second.returncode == 0, second.stderr
+    status, out, err = tail.finish()
+    assert status == 0, err
+    values = [str(r["value"]) for r in _records(out)]
+    assert set(values) == {f"m{i}" for i in range(total)}  # duplicates allowed, no loss
+    assert "forwarded 0 message(s)" not in second.stderr  # the kill did leave work behind
+
+
 def test_doctor_reports_every_test_broker() -> None:
     result = run_cli("doctor", "--test-brokers", "--json", timeout=120)
     assert "Traceback" not in result.stderr
