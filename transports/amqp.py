@@ -443,7 +443,7 @@ class AmqpTransport(Transport):
         while not self._closing:
             try:
                 conn = await self._open_connection()
-            except ChannelsError as exc:
+            except Exception as exc:  # whatever it was, keep trying: the loop must not die
                 log.warning(
                     "reconnect to %s failed: %s; next try in %.1fs", self.url.redacted(), exc, delay
                 )
