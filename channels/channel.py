@@ -211,7 +211,8 @@ class Channel(Generic[K, V]):
         if timeout is None:
             return await queue.get()
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
+            async with asyncio.timeout(timeout):
+                return await queue.get()
         except TimeoutError:
             raise Timeout(f"no event on {self.label} within {timeout}s") from None
 

@@ -99,7 +99,8 @@ class Producer:
             try:
                 remaining = max(deadline - time.monotonic(), 0.001)
                 try:
-                    results = await asyncio.wait_for(self.transport.publish([m for m, _ in live]), remaining)
+                    async with asyncio.timeout(remaining):
+                        results = await self.transport.publish([m for m, _ in live])
                 except TimeoutError:
                     raise Timeout(
                         f"the broker did not confirm within the delivery timeout of {self.delivery_timeout}s",

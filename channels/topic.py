@@ -500,7 +500,10 @@ class EventStream(AsyncIterator[Event[K, V]]):
         shutdown = self.topic.app._shutdown_event
         try:
             if shutdown is None:
-                batch = await asyncio.wait_for(receive, timeout)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that races with the inner call finishing.
+                async with asyncio.timeout(timeout):
+                    batch = await receive
             else:
                 batch = await _first_or_nothing(receive, shutdown, timeout)
         except TimeoutError:

@@ -29,15 +29,19 @@ class Broker:
         return int(tail.rsplit(":", 1)[1])
 
 
-def _env(name: str, default: str) -> str:
-    return os.environ.get(f"CHANNELS_TEST_{name.upper()}_URL", default)
+def _env(name: str, default: str, *aliases: str) -> str:
+    for key in (name, *aliases):
+        value = os.environ.get(f"CHANNELS_TEST_{key.upper()}_URL")
+        if value:
+            return value
+    return default
 
 
 BROKERS = {
     b.name: b
     for b in (
         Broker("kafka", _env("kafka", "kafka://127.0.0.1:9092"), "kafka"),
-        Broker("amqp", _env("amqp", "amqp://guest:guest@127.0.0.1:5672/"), "rabbitmq"),
+        Broker("amqp", _env("amqp", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq"), "rabbitmq"),
         Broker("mqtt", _env("mqtt", "mqtt://127.0.0.1:1883"), "mqtt"),
         Broker("gmqtt", _env("gmqtt", "gmqtt://127.0.0.1:1883"), "mqtt"),
         Broker("nsq", _env("nsq", "nsq://127.0.0.1:4150"), "nsq"),
