@@ -33,7 +33,9 @@ URL options
     ``publish_timeout`` (seconds, default 10), ``connect_timeout`` (seconds, default 10),
     ``output_buffer_timeout`` (ms nsqd may hold messages for this consumer before it writes
     them, default 25 = nsqd's minimum; nsqd's own default is 250) and ``output_buffer_size``
-    (bytes, default 16384; -1 makes nsqd write every message at once: lowest latency).
+    (bytes, default 16384; -1 makes nsqd write every message at once: lowest latency),
+    ``heartbeat_interval`` (seconds between nsqd's heartbeats, default 10; a consumer
+    connection silent for 2.5 intervals is replaced).
     Several hosts (``nsq://h1:4150,h2:4150``): publishers use the first that answers,
     consumers read from all, ``declare`` creates topic and channel on all.
 
@@ -112,6 +114,7 @@ _OPTIONS = (
     "connect_timeout",
     "output_buffer_timeout",
     "output_buffer_size",
+    "heartbeat_interval",
 )
 
 NAME_RULE = r"^[.a-zA-Z0-9_-]+(#ephemeral)?$, 1 to 64 characters in all"
@@ -123,7 +126,6 @@ def _valid_name(name: str) -> bool:
 
 
 _TOO_BIG = re.compile(r"too big (\d+) > (\d+)")
-_HEARTBEAT_MS = 10_000
 _LOOKUPD_POLL = 30.0
 _MAX_BACKOFF = 5.0
 
@@ -257,6 +259,9 @@ class NsqTransport(Transport):
         # its default of 250 ms is most of a lone message's latency. -1 turns it off.
         self.output_buffer_timeout = shown.option("output_buffer_timeout", 25)
         self.output_buffer_size = shown.option("output_buffer_size", 16384)
+        self.heartbeat_interval = shown.option("heartbeat_interval", 10.0)
+        if not 1 <= self.heartbeat_interval <= 60:
+            raise ConfigurationError("URL option 'heartbeat_interval' must be 1 to 60 seconds", broker=shown)
         self._secret: str | None = url.query.get("auth_secret") or None
         for name in ("max_in_flight", "max_body_size"):
             if getattr(self, name) < 1:
@@ -341,7 +346,7 @@ class NsqTransport(Transport):
         features = _features_class()(
             client_id="anychannel",
             msg_timeout=int(self.msg_timeout * 1000),
-            heartbeat_interval=_HEARTBEAT_MS,
+            heartbeat_interval=int(self.heartbeat_interval * 1000),
             tls_v1=self.tls,
             output_buffer_timeout=self.output_buffer_timeout,
             output_buffer_size=self.output_buffer_size,
@@ -761,8 +766,8 @@ class _Reader:
                 )
                 while not lost.is_set():
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(lost.wait(), _HEARTBEAT_MS / 1000)
-                    if time.monotonic() - self.last_seen > 2.5 * _HEARTBEAT_MS / 1000:
+                        await asyncio.wait_for(lost.wait(), transport.heartbeat_interval / 2)
+                    if time.monotonic() - self.last_seen > 2.5 * transport.heartbeat_interval:
                         log.warning("no heartbeat from nsqd %s:%s; reconnecting", self.host, self.port)
                         break
             except asyncio.CancelledError:

@@ -504,3 +504,133 @@ async def test_nsqd_limit_is_reported_when_the_url_overstates_it() -> None:
             await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00small"), Message(topic, big)])
         (ok,) = await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00small")])
         assert ok.topic == topic
+
+
+class _Link:
+    """A TCP relay to nsqd whose existing connections can be frozen: bytes stop flowing
+    both ways and the sockets stay open (what a hung nsqd or a dead network path looks like
+    to a client). Connections opened after ``freeze()`` flow."""
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Event] = []
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.accepted = 0
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    def freeze(self) -> None:
+        for gate in self.gates:
+            gate.clear()
+
+    def thaw(self) -> None:
+        for gate in self.gates:
+            gate.set()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        gate = asyncio.Event()
+        gate.set()
+        self.gates.append(gate)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", 4150)
+        for src, dst in ((reader, up_writer), (up_reader, writer)):
+            task = asyncio.create_task(self._pump(src, dst, gate))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter, gate: asyncio.Event) -> None:
+        try:
+            while data := await src.read(65536):
+                await gate.wait()
+                dst.write(data)
+                await dst.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            dst.close()
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+
+@needs_nsqd
+async def test_publish_over_a_frozen_link_is_bounded_and_recovers() -> None:
+    """nsqd stops answering on an open connection: the publish raises Timeout (retryable)
+    after publish_timeout instead of hanging, and once the path works again the next
+    publish goes out on a new connection."""
+    link = _Link()
+    await link.start()
+    topic, group = name(), name("g")
+    try:
+        async with connected(f"nsq://127.0.0.1:{link.port}?publish_timeout=1&connect_timeout=2") as t:
+            await t.declare(TopicSpec(topic, internal=True), group)
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00before")])
+            first = t.native()
+            link.freeze()
+            started = time.monotonic()
+            with pytest.raises(Timeout) as info:
+                await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00frozen")])
+            assert 0.9 <= time.monotonic() - started < 2.5
+            assert info.value.retryable
+            link.thaw()
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00after")])
+            assert t.native() is not first
+            sub = await t.subscribe(spec(topic, group))
+            # the timed-out one may arrive too: a timeout promises nothing either way
+            got = await receive(sub, 2)
+            values = {m.value for m in got}
+            if b"\x00CHE\x01\x00\x00\x00frozen" in values:
+                more = await receive(sub, 1)
+                values |= {m.value for m in more}
+                got += more
+            assert {b"\x00CHE\x01\x00\x00\x00before", b"\x00CHE\x01\x00\x00\x00after"} <= values
+            await sub.ack(got)
+    finally:
+        await link.close()
+
+
+@needs_nsqd
+async def test_consumer_replaces_a_silent_connection() -> None:
+    """The consumer's connection freezes (no heartbeats): after 2.5 heartbeat intervals the
+    reader drops it and subscribes again on a new one, and messages flow again. The message
+    nsqd had already pushed into the frozen connection comes back after msg_timeout (2s)."""
+    link = _Link()
+    await link.start()
+    topic, group = name(), name("g")
+    try:
+        async with (
+            connected() as direct,
+            connected(f"nsq://127.0.0.1:{link.port}?heartbeat_interval=1&msg_timeout=2") as t,
+        ):
+            await direct.declare(TopicSpec(topic, internal=True), group)
+            sub = await t.subscribe(spec(topic, group))
+            await direct.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00one")])
+            (one,) = await receive(sub)
+            await sub.ack([one])
+            # the FIN must reach nsqd before the path freezes, or "one" comes back too
+            stats = f"{HTTP}/stats?format=json&topic={topic}&channel={group}"
+            for _ in range(100):
+                if b'"in_flight_count":0' in await asyncio.to_thread(_get, stats):
+                    break
+                await asyncio.sleep(0.05)
+            before = link.accepted
+            link.freeze()
+            started = time.monotonic()
+            await direct.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00two")])
+            got = await receive(sub, 1, timeout=15)
+            elapsed = time.monotonic() - started
+            assert [m.value for m in got] == [b"\x00CHE\x01\x00\x00\x00two"]
+            assert link.accepted > before, "the reader never opened a new connection"
+            assert 2 <= elapsed < 10, elapsed
+            await sub.ack(got)
+            print(f"silent connection replaced; message delivered after {elapsed:.1f}s")
+    finally:
+        await link.close()
