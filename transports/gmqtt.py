@@ -99,6 +99,7 @@ class GmqttLink(Link):
         self._unsubacks: dict[int, asyncio.Future[None]] = {}
         self._inflight = asyncio.Semaphore(min(opts.max_inflight, 65_000))
         self._connected = False
+        self.session_present = False
 
     async def open(self) -> bool:
         opts, config = self.opts, self.config
@@ -138,10 +139,10 @@ class GmqttLink(Link):
                 await client.disconnect()
             raise
         self._connected = True
-        return False
+        return self.session_present
 
     def _on_connect(self, _client: Any, flags: Any, _rc: Any, _properties: Any) -> None:
-        pass
+        self.session_present = bool(flags)
 
     async def _on_message(
         self, _client: Any, topic: str, payload: bytes, qos: int, properties: dict[str, Any]

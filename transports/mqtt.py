@@ -151,6 +151,12 @@ class AiomqttLink(Link):
         raw.manual_ack_set(True)
         raw.on_message = self._on_paho_message
         raw.on_publish = self._on_paho_publish
+
+        def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any = None) -> None:
+            self.session_present = bool(getattr(flags, "session_present", False))
+            client._on_connect(c, userdata, flags, reason, props)
+
+        raw.on_connect = on_connect
         self.client = client
         await client.__aenter__()
         self._entered = True
