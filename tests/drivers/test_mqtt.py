@@ -511,3 +511,48 @@ async def test_unacked_message_does_not_stall_the_session(scheme: str, apps: lis
             if event.value != b"00" or seen.count(b"00") > 1:
                 await event.ack()
     assert seen.count(b"00") == 2  # the unacked one came back once
+
+
+# -- TLS and passwords (the extra listeners of scripts/brokers; `scripts/brokers env --secrets`)
+
+TLS_URL = os.environ.get("CHANNELS_TEST_MQTTS_URL", "")
+AUTH_URL = os.environ.get("CHANNELS_TEST_MQTT_AUTH_URL", "")
+
+
+def _variant(url: str, scheme: str) -> str:
+    """The same URL for the other driver (mqtt -> gmqtt, mqtts -> gmqtts)."""
+    return url if scheme == "mqtt" else "g" + url
+
+
+async def _round_trip(app: App) -> None:
+    await app.start()
+    topic = app.topic(name(), internal=True, value_serializer="raw", key_serializer="raw")
+    async with topic.events() as stream:
+        await topic.send(key=b"k", value=b"secured", headers={"h": b"\xff"})
+        event = await stream.get(timeout=10)
+    assert (event.key, event.value, event.headers) == (b"k", b"secured", {"h": b"\xff"})
+
+
+@pytest.mark.skipif(not TLS_URL, reason="CHANNELS_TEST_MQTTS_URL is not set")
+@DRIVERS
+async def test_tls_listener(scheme: str, apps: list[App]) -> None:
+    app = App(name("app"), broker=_variant(TLS_URL, scheme))
+    apps.append(app)
+    await _round_trip(app)
+
+
+@pytest.mark.skipif(
+    not AUTH_URL or "***" in AUTH_URL, reason="CHANNELS_TEST_MQTT_AUTH_URL (with secret) not set"
+)
+@DRIVERS
+async def test_password_listener(scheme: str, apps: list[App]) -> None:
+    url = parse_url(_variant(AUTH_URL, scheme))
+    app = App(name("app"), broker=url)
+    apps.append(app)
+    await _round_trip(app)
+    secret = url.password or ""
+    wrong = url.unredacted().replace(f":{secret}@", ":not-the-password@")
+    refused = App(name("app"), broker=wrong, connect_timeout=10)
+    with pytest.raises(ConnectionFailed) as info:
+        await refused.start()
+    assert "not-the-password" not in str(info.value) and secret not in str(info.value)
