@@ -366,7 +366,11 @@ class NsqTransport(Transport):
                 await conn.connect()
                 response = await conn.identify()
                 if isinstance(response, NSQErrorSchema):
-                    _raise_for(response.code, response.body.decode("utf-8", "replace"), self.shown_url)
+                    # IDENTIFY carries our URL options (msg_timeout, heartbeat, buffers)
+                    text = response.body.decode("utf-8", "replace")
+                    raise ConfigurationError(
+                        f"nsqd refused the connection settings: {response.code} {text}", broker=self.shown_url
+                    )
                 negotiated = _identify_json(response)
                 if self.tls and not negotiated.get("tls_v1"):
                     raise ConfigurationError(

@@ -634,3 +634,12 @@ async def test_consumer_replaces_a_silent_connection() -> None:
             print(f"silent connection replaced; message delivered after {elapsed:.1f}s")
     finally:
         await link.close()
+
+
+@needs_nsqd
+async def test_settings_nsqd_refuses_are_a_configuration_error() -> None:
+    """msg_timeout below nsqd's 1 s minimum: IDENTIFY fails, ConfigurationError names it."""
+    t = transport(msg_timeout="0.5", connect_timeout="3")
+    with pytest.raises(ConfigurationError, match=r"(?i)msg.timeout") as info:
+        await t.connect()
+    assert not info.value.retryable
