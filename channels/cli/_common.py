@@ -417,7 +417,10 @@ def quiet_libraries() -> None:
     libraries' and the core's log records would only repeat them (with tracebacks)."""
     root = logging.getLogger()
     if root.getEffectiveLevel() > logging.INFO:
+        # On the handlers too: a library logger with its own level still ends up there.
         root.setLevel(logging.CRITICAL + 1)
+        for handler in root.handlers:
+            handler.setLevel(logging.CRITICAL + 1)
 
 
 def run(
