@@ -14,7 +14,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
@@ -57,8 +57,31 @@ def _get(url: str) -> bytes:
 needs_nsqd = pytest.mark.skipif(not _nsqd_up(), reason="nsqd is not running (scripts/brokers up nsq)")
 
 
+_created: list[str] = []
+
+
 def name(prefix: str = "t") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    made = f"{prefix}-{uuid.uuid4().hex[:16]}"
+    _created.append(made)
+    return made
+
+
+def _delete_topics() -> None:
+    """nsqd samples 20 channels per 100 ms for deferred and timed-out messages: thousands of
+    leftover test channels make REQ delays and msg_timeouts seconds late, so tests clean up."""
+    while _created:
+        topic = _created.pop()
+        request = urllib.request.Request(f"{HTTP}/topic/delete?topic={topic}", data=b"", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=2).close()
+        except OSError:
+            pass  # not a topic (a group name), or never created
+
+
+@pytest.fixture(autouse=True)
+def _cleanup() -> Iterator[None]:
+    yield
+    _delete_topics()
 
 
 def transport(url: str = URL, **options: str) -> NsqTransport:
@@ -298,7 +321,8 @@ async def test_req_with_delay() -> None:
         (second,) = await receive(sub, timeout=10)
         waited = time.monotonic() - started
         assert second.value == first.value and second.redelivered
-        assert 1.2 <= waited < 5, waited
+        # nsqd looks at deferred messages by sampling channels, so late is possible; early is not
+        assert 1.2 <= waited < 15, waited
         await sub.ack([second])
 
 
@@ -331,10 +355,11 @@ async def test_touch_keeps_a_long_handler_s_message() -> None:
         got = await receive(sub, 2)
         touched = next(m for m in got if m.value and m.value.endswith(b"long"))
         left = next(m for m in got if m is not touched)
-        # Touched every second for 5s: the touched one stays ours, while the untouched one
-        # times out after 2s and comes back (acked at once so it does not come back again).
+        # Touched every half second for at least 5s: the touched one stays ours, while the
+        # untouched one times out after 2s and comes back (acked at once, so only once).
         came_back: list[Message] = []
-        for _ in range(10):
+        started = time.monotonic()
+        while time.monotonic() - started < 20 and not (came_back and time.monotonic() - started > 5):
             with contextlib.suppress(TimeoutError):
                 batch = await asyncio.wait_for(sub.receive(5), 0.5)
                 await sub.ack(batch)
@@ -625,11 +650,11 @@ async def test_consumer_replaces_a_silent_connection() -> None:
             link.freeze()
             started = time.monotonic()
             await direct.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00two")])
-            got = await receive(sub, 1, timeout=15)
+            got = await receive(sub, 1, timeout=25)
             elapsed = time.monotonic() - started
             assert [m.value for m in got] == [b"\x00CHE\x01\x00\x00\x00two"]
             assert link.accepted > before, "the reader never opened a new connection"
-            assert 2 <= elapsed < 10, elapsed
+            assert 2 <= elapsed < 20, elapsed
             await sub.ack(got)
             print(f"silent connection replaced; message delivered after {elapsed:.1f}s")
     finally:

@@ -12,6 +12,7 @@ import os
 import shutil
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -46,8 +47,31 @@ def tool(name: str) -> str:
     return found
 
 
+_created: list[str] = []
+
+
 def name(prefix: str = "io") -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+    made = f"{prefix}-{uuid.uuid4().hex[:16]}"
+    _created.append(made)
+    return made
+
+
+def _delete_topics() -> None:
+    """nsqd samples 20 channels per 100 ms for deferred and timed-out messages: thousands of
+    leftover test channels make REQ delays and msg_timeouts seconds late, so tests clean up."""
+    while _created:
+        topic = _created.pop()
+        request = urllib.request.Request(f"{HTTP}/topic/delete?topic={topic}", data=b"", method="POST")
+        try:
+            urllib.request.urlopen(request, timeout=2).close()
+        except OSError:
+            pass  # not a topic (a group name), or never created
+
+
+@pytest.fixture(autouse=True)
+def _cleanup() -> Iterator[None]:
+    yield
+    _delete_topics()
 
 
 def http_post(path: str, body: bytes = b"") -> bytes:
