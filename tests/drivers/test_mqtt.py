@@ -524,7 +524,7 @@ def _variant(url: str, scheme: str) -> str:
     return url if scheme == "mqtt" else "g" + url
 
 
-async def _round_trip(app: App) -> None:
+async def _secured_round_trip(app: App) -> None:
     await app.start()
     topic = app.topic(name(), internal=True, value_serializer="raw", key_serializer="raw")
     async with topic.events() as stream:
@@ -538,7 +538,7 @@ async def _round_trip(app: App) -> None:
 async def test_tls_listener(scheme: str, apps: list[App]) -> None:
     app = App(name("app"), broker=_variant(TLS_URL, scheme))
     apps.append(app)
-    await _round_trip(app)
+    await _secured_round_trip(app)
 
 
 @pytest.mark.skipif(
@@ -549,7 +549,7 @@ async def test_password_listener(scheme: str, apps: list[App]) -> None:
     url = parse_url(_variant(AUTH_URL, scheme))
     app = App(name("app"), broker=url)
     apps.append(app)
-    await _round_trip(app)
+    await _secured_round_trip(app)
     secret = url.password or ""
     wrong = url.unredacted().replace(f":{secret}@", ":not-the-password@")
     refused = App(name("app"), broker=wrong, connect_timeout=10)
