@@ -44,7 +44,11 @@ from transports.mqtt import MqttTransport
 
 URL = os.environ.get("CHANNELS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 HOSTPORT = URL.split("://", 1)[1].split("?", 1)[0].rstrip("/")
-URLS = {"mqtt": f"mqtt://{HOSTPORT}", "gmqtt": f"gmqtt://{HOSTPORT}"}
+#: sessions of these tests expire after 10 minutes, so leftovers do not pile up in the broker
+URLS = {
+    "mqtt": f"mqtt://{HOSTPORT}?session_expiry=600",
+    "gmqtt": f"gmqtt://{HOSTPORT}?session_expiry=600",
+}
 
 
 def _broker_up() -> bool:
@@ -230,7 +234,7 @@ async def apps() -> AsyncIterator[list[App]]:
 
 
 def new_app(apps: list[App], scheme: str, query: str = "", app_id: str | None = None) -> App:
-    app = App(app_id or name("app"), broker=URLS[scheme] + query)
+    app = App(app_id or name("app"), broker=URLS[scheme] + query.replace("?", "&"))
     apps.append(app)
     return app
 

@@ -21,7 +21,10 @@ from channels.url import parse_url
 
 URL = os.environ.get("CHANNELS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
 HOST, PORT = parse_url(URL).host_list(1883)[0]
-URLS = {"mqtt": f"mqtt://{HOST}:{PORT}", "gmqtt": f"gmqtt://{HOST}:{PORT}"}
+URLS = {
+    "mqtt": f"mqtt://{HOST}:{PORT}?session_expiry=600",
+    "gmqtt": f"gmqtt://{HOST}:{PORT}?session_expiry=600",
+}
 
 
 def _broker_up() -> bool:
