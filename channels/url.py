@@ -105,21 +105,23 @@ class BrokerURL:
         )
         return auth + hosts
 
-    def _render(self, password: str | None) -> str:
+    def _render(self, password: str | None, *, hide_secrets: bool) -> str:
         text = f"{self.scheme}://{self._netloc(password)}{self.path}"
         if self.query:
             text += "?" + "&".join(
-                f"{k}={'***' if _secret_option(k) and password == '***' else quote(v, safe='')}"
+                f"{k}={'***' if hide_secrets and _secret_option(k) else quote(v, safe='')}"
                 for k, v in self.query.items()
             )
         return text
 
     def redacted(self) -> str:
-        return self._render("***" if self._password is not None else None)
+        return self._render("***" if self._password is not None else None, hide_secrets=True)
 
     def unredacted(self) -> str:
         """The full URL with its secret. Only for handing to a client library."""
-        return self._render(quote(self._password, safe="") if self._password is not None else None)
+        return self._render(
+            quote(self._password, safe="") if self._password is not None else None, hide_secrets=False
+        )
 
     def __str__(self) -> str:
         return self.redacted()

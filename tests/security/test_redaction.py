@@ -47,11 +47,6 @@ def test_userinfo_passwords_are_redacted(url: str) -> None:
     assert SECRET in parse_url(url).unredacted(), "the driver still gets the secret"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core bug: BrokerURL.redacted() hides secret options only when the URL also has a "
-    "user-info password (channels/url.py _render); see docs/security.md",
-)
 @pytest.mark.parametrize("url", OPTION_URLS)
 def test_secret_options_are_redacted_without_a_userinfo_password(url: str) -> None:
     shown = _shown(url)
