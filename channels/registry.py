@@ -73,6 +73,11 @@ def get_transport_class(scheme: str) -> type[Transport]:
     try:
         cls = ep.load()
     except ImportError as exc:
+        module = ep.value.split(":", 1)[0]
+        if exc.name == module:
+            raise ConfigurationError(
+                f"the {scheme}:// driver module {module!r} is registered but cannot be imported"
+            ) from exc
         extra = EXTRAS.get(scheme, scheme.split("+")[0])
         raise ConfigurationError(
             f"the {scheme}:// driver needs a library that is not installed ({exc.name or exc}): "
