@@ -127,7 +127,8 @@ def _valid_name(name: str) -> bool:
 
 _TOO_BIG = re.compile(r"too big (\d+) > (\d+)")
 _LOOKUPD_POLL = 30.0
-_MAX_BACKOFF = 5.0
+_MAX_BACKOFF = 2.0
+_CHUNK = 256 * 1024
 
 
 class _ClientLogFilter(logging.Filter):
@@ -206,7 +207,10 @@ class _Token:
 
     @property
     def live(self) -> bool:
-        return self.conn is self.reader.conn and bool(self.conn.status)
+        # the transport knows of a lost socket before ansq's reader task does
+        conn = self.conn
+        writer = conn._writer
+        return bool(conn is self.reader.conn and conn.status and writer is not None and not writer.is_closing())
 
 
 class _Inbox(asyncio.Queue[Any]):
@@ -690,6 +694,23 @@ def _connection_class() -> Any:
             if not getattr(response, "is_ok", False):
                 raise NsqError("E_TLS", f"TLS upgrade failed: {response!r}")
             self._is_upgrading = True  # identify() ends the upgrade itself
+
+        async def _read_data_task(self) -> None:
+            # ansq's loop ends only at EOF; after a connection reset the stream raises the
+            # same exception forever without waiting, so the loop spins, freezes the event
+            # loop and grows that exception's traceback without bound. Any error ends it here.
+            error: Exception | None = None
+            try:
+                while data := await self._reader.read(_CHUNK):
+                    self._parser.feed(data)
+                    if not self._is_upgrading:
+                        await self._read_buffer()
+            except asyncio.CancelledError:
+                return
+            except Exception as exc:
+                error = exc
+            self.logger.info("lost the connection to nsqd %s: %r", self.endpoint, error)
+            await self._do_close(error=error, silent=True)
 
         def _frame_ready(self) -> bool:
             parser = self._parser
