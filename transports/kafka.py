@@ -93,6 +93,7 @@ import contextlib
 import logging
 import re
 import ssl
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -1083,6 +1084,7 @@ class KafkaTransport(Transport):
         for name, code, message in response.topic_errors:
             if code == 0:
                 log.info("created topic %s (%d partitions)", name, wanted)
+                await self._await_visible(name)
                 self._partitions[name] = wanted
             elif code == _TOPIC_EXISTS:
                 await self._check_existing(topic, wanted)
@@ -1090,6 +1092,16 @@ class KafkaTransport(Transport):
                 error = kerr.for_code(code)
                 with map_errors(self.url, f"creating topic {name!r}", topic=name):
                     raise error(message or name)
+
+    async def _await_visible(self, name: str, limit: float = 10.0) -> None:
+        """Wait (bounded) until a topic just created answers a describe, so that another
+        process declaring it as a source right after our declare returns finds it."""
+        deadline = time.monotonic() + limit
+        while await self._describe(name) is None:
+            if time.monotonic() > deadline:
+                log.warning("topic %s created but not visible after %.0fs", name, limit)
+                return
+            await asyncio.sleep(0.05)  # Kafka offers no notification for this
 
     async def _check_existing(self, topic: TopicSpec, wanted: int) -> None:
         count = await self._describe(topic.name)
