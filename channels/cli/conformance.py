@@ -24,9 +24,11 @@ import shlex
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from channels.testing.harness import Harness
+if TYPE_CHECKING:
+    from channels.testing.harness import Harness
+
 
 __all__ = ["register", "run_suite"]
 
@@ -147,9 +149,12 @@ def _main(args: argparse.Namespace) -> int:
     if not args.url:
         print("channels conformance: a broker URL is required", file=sys.stderr)
         return EXIT_USAGE
+    from channels.testing.harness import Harness
+
+    restart = shlex.split(args.restart_command) if args.restart_command else _repo_restart_command(args.url)
     harness = Harness(
         url=args.url,
-        restart_command=shlex.split(args.restart_command) if args.restart_command else None,
+        restart_command=restart,
         timeout_scale=args.timeout_scale,
     )
     caps = harness.capabilities()  # ConfigurationError: bad URL or driver missing (exit 2)
@@ -240,3 +245,17 @@ def _list_cases(console: Any) -> int:
         table.add_row(name, gate or "always", doc)
     console.print(table)
     return EXIT_OK
+
+
+#: URL scheme -> the name ``scripts/brokers restart`` takes
+_BROKER_NAMES = {"kafka": "kafka", "amqp": "rabbitmq", "mqtt": "mqtt", "gmqtt": "mqtt", "nsq": "nsq", "zmq": "zmq"}
+
+
+def _repo_restart_command(url: str) -> list[str] | None:
+    """Inside this repository, the test brokers restart with ``scripts/brokers restart NAME``."""
+    script = Path("scripts") / "brokers"
+    name = _BROKER_NAMES.get(url.split("://", 1)[0].split("+", 1)[0].lower())
+    if name is None or not script.is_file():
+        return None
+    print(f"channels conformance: restarting the broker with `{script} restart {name}`", file=sys.stderr)
+    return [str(script), "restart", name]

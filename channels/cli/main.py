@@ -13,6 +13,7 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from channels.errors import ChannelsError, ConfigurationError, ConnectionFailed, TopicNotFound
 
@@ -46,9 +47,22 @@ def build_parser() -> argparse.ArgumentParser:
         except ModuleNotFoundError as exc:
             if exc.name == f"channels.cli.{name}":
                 continue
-            raise
+            _register_unavailable(sub, name.replace("_", "-"), exc.name or str(exc))
+            continue
         module.register(sub)
     return parser
+
+
+def _register_unavailable(sub: Any, command: str, missing: str) -> None:
+    """A command whose module needs a library that is not installed says so when used."""
+    parser = sub.add_parser(command, help=f"(needs {missing}: pip install 'anychannel[testing]')")
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def unavailable(args: argparse.Namespace) -> int:
+        print(f"channels {command}: error: needs {missing}, which is not installed", file=sys.stderr)
+        return EXIT_USAGE
+
+    parser.set_defaults(func=unavailable)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -43,9 +43,7 @@ def test_import_channels_needs_no_broker_library() -> None:
         "except channels.ConfigurationError as exc:\n"
         "    print(exc)\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60
-    )
+    out = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0] == "ok"
@@ -54,8 +52,7 @@ def test_import_channels_needs_no_broker_library() -> None:
         [
             sys.executable,
             "-c",
-            "import channels, sys; "
-            f"print(sorted(m for m in sys.modules if m.split('.')[0] in {BROKER_LIBS!r}))",
+            f"import channels, sys; print(sorted(m for m in sys.modules if m.split('.')[0] in {BROKER_LIBS!r}))",
         ],
         capture_output=True,
         text=True,
@@ -87,3 +84,21 @@ def test_cli_bad_url_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> N
     assert status == 2
     assert "hunter2" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_cli_and_demo_work_without_pytest_or_broker_libraries() -> None:
+    blocked = [*BROKER_LIBS, "pytest", "_pytest", "pytest_asyncio"]
+    code = (
+        "import sys\n"
+        f"sys.modules.update(dict.fromkeys({blocked!r}))  # None: as if not installed\n"
+        "from channels.cli.main import main\n"
+        "status = main(['demo', '--json', '--messages', '200'])\n"
+        "print('demo', status)\n"
+        "print('conformance', main(['conformance', 'memory://']))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert '"lost": 0' in out.stdout
+    assert "demo 0" in out.stdout
+    assert "conformance 2" in out.stdout
+    assert "pytest" in out.stderr
