@@ -37,6 +37,21 @@ DEFAULT_BROKER = "memory://"
 T = TypeVar("T")
 
 
+def _broker_url(broker: str | BrokerURL | None) -> str | BrokerURL:
+    """The broker argument, else $CHANNELS_BROKER, else memory://. An empty string given
+    either way is an error, not a silent switch to the in-process broker."""
+    if broker is not None:
+        if isinstance(broker, str) and not broker.strip():
+            raise ConfigurationError("broker URL is empty (leave it out for $CHANNELS_BROKER or memory://)")
+        return broker
+    env = os.environ.get("CHANNELS_BROKER")
+    if env is not None:
+        if not env.strip():
+            raise ConfigurationError("$CHANNELS_BROKER is set but empty; unset it for memory://")
+        return env
+    return DEFAULT_BROKER
+
+
 def _cancel_if_running(task: asyncio.Task[Any]) -> None:
     if not task.done():
         log.error("grace period over: cancelling the handlers still running")
@@ -67,7 +82,7 @@ class App:
         if not isinstance(id, str) or not id.strip():
             raise ConfigurationError("an App needs a non-empty id")
         self.id = id
-        self.url = parse_url(broker or os.environ.get("CHANNELS_BROKER") or DEFAULT_BROKER)
+        self.url = parse_url(_broker_url(broker))
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
         cls = get_transport_class(self.url.scheme)

@@ -255,3 +255,13 @@ def test_translate_errors_builds_every_error_type() -> None:
             raise KeyError("boom")
         assert "doing x" in str(info.value) and "secret" not in str(info.value)
         assert "u:***@h:1" in str(info.value)
+
+
+def test_an_empty_broker_url_is_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError, match="empty"):
+        channels.App("x", broker="  ")
+    monkeypatch.setenv("CHANNELS_BROKER", "")
+    with pytest.raises(ConfigurationError, match="CHANNELS_BROKER"):
+        channels.App("x")
+    monkeypatch.setenv("CHANNELS_BROKER", "memory://from-env")
+    assert channels.App("x").url.host == "from-env"
