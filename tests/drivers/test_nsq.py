@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
+import struct
 import subprocess
 import time
 import urllib.request
@@ -52,6 +54,15 @@ def _get(url: str) -> bytes:
             return bytes(response.read())
     except OSError:
         return b""
+
+
+async def _settled_at_nsqd(topic: str, group: str) -> None:
+    """Wait (bounded) until nsqd has no message of the channel in flight."""
+    stats = f"{HTTP}/stats?format=json&topic={topic}&channel={group}"
+    for _ in range(100):
+        if b'"in_flight_count":0' in await asyncio.to_thread(_get, stats):
+            return
+        await asyncio.sleep(0.05)
 
 
 needs_nsqd = pytest.mark.skipif(not _nsqd_up(), reason="nsqd is not running (scripts/brokers up nsq)")
@@ -542,10 +553,20 @@ class _Link:
         self.server: asyncio.Server | None = None
         self.port = 0
         self.accepted = 0
+        self.clients: list[asyncio.StreamWriter] = []
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
         self.port = self.server.sockets[0].getsockname()[1]
+
+    def reset(self) -> None:
+        """Abort every client-side connection with a TCP reset (SO_LINGER 0)."""
+        for writer in self.clients:
+            sock = writer.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+        self.clients.clear()
 
     def freeze(self) -> None:
         for gate in self.gates:
@@ -557,6 +578,7 @@ class _Link:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.accepted += 1
+        self.clients.append(writer)
         gate = asyncio.Event()
         gate.set()
         self.gates.append(gate)
@@ -641,11 +663,7 @@ async def test_consumer_replaces_a_silent_connection() -> None:
             (one,) = await receive(sub)
             await sub.ack([one])
             # the FIN must reach nsqd before the path freezes, or "one" comes back too
-            stats = f"{HTTP}/stats?format=json&topic={topic}&channel={group}"
-            for _ in range(100):
-                if b'"in_flight_count":0' in await asyncio.to_thread(_get, stats):
-                    break
-                await asyncio.sleep(0.05)
+            await _settled_at_nsqd(topic, group)
             before = link.accepted
             link.freeze()
             started = time.monotonic()
@@ -668,3 +686,44 @@ async def test_settings_nsqd_refuses_are_a_configuration_error() -> None:
     with pytest.raises(ConfigurationError, match=r"(?i)msg.timeout") as info:
         await t.connect()
     assert not info.value.retryable
+
+
+@needs_nsqd
+@pytest.mark.timeout(60)
+async def test_connection_reset_neither_freezes_nor_loses() -> None:
+    """A TCP reset on the consumer's connection (ansq's own read loop would spin forever on
+    it): the event loop stays responsive, the reader reconnects, messages flow again."""
+    link = _Link()
+    await link.start()
+    topic, group = name(), name("g")
+    gaps: list[float] = []
+
+    async def ticker() -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.05)
+            now = time.monotonic()
+            gaps.append(now - last)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        # msg_timeout=2: what nsqd pushed into the reset connection comes back after 2s
+        async with connected() as direct, connected(f"nsq://127.0.0.1:{link.port}?msg_timeout=2") as t:
+            await direct.declare(TopicSpec(topic, internal=True), group)
+            sub = await t.subscribe(spec(topic, group))
+            for round_ in range(3):
+                body = b"\x00CHE\x01\x00\x00\x00reset" + bytes([round_])
+                await direct.publish([Message(topic, body)])
+                got = await receive(sub, 1, timeout=15)
+                while body not in {m.value for m in got}:  # an unacked one may come back
+                    await sub.ack(got)
+                    got = await receive(sub, 1, timeout=15)
+                await sub.ack(got)
+                await _settled_at_nsqd(topic, group)
+                link.reset()
+        assert max(gaps) < 1.0, f"the event loop stalled for {max(gaps):.1f}s"
+        assert link.accepted >= 3
+    finally:
+        tick.cancel()
+        await link.close()
