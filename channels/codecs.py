@@ -59,7 +59,7 @@ class _Raw:
             return obj.encode("utf-8")
         raise EncodeError(
             f"the raw codec takes bytes or str, not {type(obj).__name__}; "
-            "pass value_serializer='json' or a value_type"
+            "give the topic a serializer (e.g. 'json') or a type"
         )
 
     def loads(self, data: bytes) -> Any:
@@ -82,7 +82,7 @@ class _Json:
     name = "json"
 
     def dumps(self, obj: Any) -> bytes:
-        return _json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
     def loads(self, data: bytes) -> Any:
         return _json.loads(data)
@@ -274,31 +274,36 @@ class TypedCodec:
     dataclass or a pydantic model. ``None`` passes through untouched in both directions.
     """
 
-    def __init__(self, tp: Any, serializer: CodecArg) -> None:
+    def __init__(self, tp: Any, serializer: CodecArg, role: str = "value") -> None:
         self.tp = tp
+        self.role = role
         self.serializer: CodecArg = serializer if serializer is not None else default_serializer(tp)
         self.codec = get_codec(self.serializer)
         self._to_data: Callable[[Any], Any] = _identity
         self._from_data: Callable[[Any], Any] = _identity
         if _is_model(tp):
-            self._to_data = _model_dump
+            self._to_data = _model_dumper(tp)
             self._from_data = tp.model_validate
         elif dataclasses.is_dataclass(tp) and isinstance(tp, type):
-            self._to_data = _dataclass_dump
+            self._to_data = _dataclass_dumper(tp)
             self._from_data = lambda data: tp(**data)
-        elif tp in (int, float, bool):
-            self._from_data = tp
+        elif tp in _PLAIN:
+            self._to_data = _type_checker(tp)
+            if tp in (int, float, bool):
+                self._from_data = tp
 
     def dumps(self, obj: Any) -> bytes | None:
+        """Check ``obj`` against the type, convert and serialize it (EncodeError if it does
+        not fit: a producer never writes what its own consumers could not read)."""
         if obj is None:
             return None
         try:
             data = self._to_data(obj)
+            return _dumps(self.codec, data, self.serializer)
+        except EncodeError as exc:
+            raise EncodeError(f"{self.role}: {exc.message}") from exc
         except Exception as exc:
-            raise EncodeError(
-                f"cannot convert {type(obj).__name__} for serialization: {exc}"
-            ) from exc
-        return _dumps(self.codec, data, self.serializer)
+            raise EncodeError(f"{self.role}: cannot convert {type(obj).__name__} for serialization: {exc}") from exc
 
     def loads(self, data: bytes | None) -> Any:
         if data is None:
@@ -316,17 +321,38 @@ def _identity(obj: Any) -> Any:
     return obj
 
 
-def _model_dump(obj: Any) -> Any:
-    if hasattr(obj, "model_dump"):
-        return obj.model_dump(mode="json")
-    return obj
+_PLAIN = (bytes, str, int, float, bool, dict, list)
 
 
-def _dataclass_dump(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    return obj
+def _type_checker(tp: type) -> Callable[[Any], Any]:
+    accepted: tuple[type, ...] = (int, float) if tp is float else (tp,)
+
+    def check(obj: Any) -> Any:
+        if not isinstance(obj, accepted) or (isinstance(obj, bool) and tp is not bool):
+            raise EncodeError(f"expected {tp.__name__}, got {type(obj).__name__}")
+        return obj
+
+    return check
 
 
-def resolve(tp: Any, serializer: CodecArg) -> TypedCodec:
-    return TypedCodec(tp, serializer)
+def _model_dumper(tp: Any) -> Callable[[Any], Any]:
+    def dump(obj: Any) -> Any:
+        model = obj if isinstance(obj, tp) else tp.model_validate(obj)
+        return model.model_dump(mode="json")
+
+    return dump
+
+
+def _dataclass_dumper(tp: Any) -> Callable[[Any], Any]:
+    def dump(obj: Any) -> Any:
+        if isinstance(obj, tp):
+            return dataclasses.asdict(obj)
+        if isinstance(obj, dict):
+            return dataclasses.asdict(tp(**obj))
+        raise EncodeError(f"expected {tp.__name__}, got {type(obj).__name__}")
+
+    return dump
+
+
+def resolve(tp: Any, serializer: CodecArg, role: str = "value") -> TypedCodec:
+    return TypedCodec(tp, serializer, role)

@@ -110,7 +110,7 @@ class Topic(Channel[K, V]):
         self.acks: AckPolicy = acks
         self.from_beginning = from_beginning
         self.on_decode_error: DecodePolicy = on_decode_error
-        self._key_codec = codecs.resolve(key_type, key_serializer)
+        self._key_codec = codecs.resolve(key_type, key_serializer, "key")
         self._value_codec = codecs.resolve(value_type, value_serializer)
         self._default_stream: EventStream[K, V] | None = None
 
@@ -187,7 +187,7 @@ class Topic(Channel[K, V]):
         target = topic or self.names[0]
         transport = self.app.transport
         caps = transport.capabilities
-        key_codec = self._key_codec if key_serializer is None else codecs.resolve(self.key_type, key_serializer)
+        key_codec = self._key_codec if key_serializer is None else codecs.resolve(self.key_type, key_serializer, "key")
         value_codec = (
             self._value_codec if value_serializer is None else codecs.resolve(self.value_type, value_serializer)
         )

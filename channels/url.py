@@ -188,7 +188,7 @@ def _parse_host(part: str, scheme: str) -> tuple[str, int | None]:
         host, port_text = part[1:end], part[end + 1 :].lstrip(":")
     elif part.count(":") == 1:
         host, port_text = part.split(":")
-    if not host or any(c in host for c in " /\\?#@"):
+    if not host or any(c in host for c in " /\\?#@[]"):
         raise ConfigurationError(f"invalid host {host!r} in {scheme}:// URL")
     if not port_text:
         return host, None

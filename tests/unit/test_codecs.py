@@ -107,3 +107,26 @@ def test_typed_none_passes_through() -> None:
 def test_typed_decode_error_for_bad_model() -> None:
     with pytest.raises(DecodeError, match="Order"):
         codecs.TypedCodec(Order, None).loads(b'{"id": "x"}')
+
+
+def test_sends_are_checked_against_the_declared_types() -> None:
+    order = codecs.TypedCodec(Order, None)
+    assert order.dumps({"id": 1, "item": "tea"}) == b'{"id":1,"item":"tea"}'
+    with pytest.raises(EncodeError, match="value"):
+        order.dumps({"id": "notint"})
+    key = codecs.TypedCodec(int, "json", "key")
+    with pytest.raises(EncodeError, match="key: expected int, got str"):
+        key.dumps("abc")
+    with pytest.raises(EncodeError, match="expected int, got bool"):
+        key.dumps(True)
+    assert codecs.TypedCodec(float, "json").dumps(1) == b"1"
+    with pytest.raises(EncodeError, match="expected Point"):
+        codecs.TypedCodec(Point, None).dumps([1, 2])
+    assert codecs.TypedCodec(Point, None).dumps({"x": 1, "y": 2}) == b'{"x":1,"y":2}'
+    with pytest.raises(EncodeError, match="expected bytes, got str"):
+        codecs.TypedCodec(bytes, None).dumps("text")
+
+
+def test_json_refuses_nan() -> None:
+    with pytest.raises(EncodeError):
+        codecs.TypedCodec(None, "json").dumps(float("nan"))
