@@ -57,7 +57,8 @@ Workarounds of ansq 0.3.0 defects (see docs/drivers/nsq.md): its automatic recon
 off (it leaves stale response waiters behind, so a publish after a reconnect can wait
 forever); this driver reconnects itself with bounded backoff and bounds every publish
 with ``publish_timeout``. A single message goes out as PUB (ansq's ``mpub`` of one
-message writes a malformed MPUB body). ansq cannot upgrade to TLS and never marks a
+message writes a malformed MPUB body). ansq's read loop spins forever after a connection
+reset, so the connection here has its own. ansq cannot upgrade to TLS and never marks a
 connection authorized after AUTH; both are done here.
 """
 
