@@ -76,7 +76,7 @@ class App:
         close_timeout: float = 30.0,
         batch_size: int = 500,
         max_buffer: int = 10_000,
-        retries: int = 3,
+        retries: int | None = None,
         delivery_timeout: float = 60.0,
     ) -> None:
         if not isinstance(id, str) or not id.strip():

@@ -19,14 +19,18 @@ __all__ = ["Producer"]
 
 log = logging.getLogger("channels.producer")
 
+#: longest pause between two tries of a batch
+MAX_BACKOFF = 2.0
+
 
 class Producer:
     """Collects messages and hands them to the transport in ordered batches.
 
     One flusher task publishes one batch at a time, so messages reach the broker in the
     order they were accepted. A batch failing with a retryable error (a dropped
-    connection) is tried again up to ``retries`` times with growing pauses; any other
-    error fails every message of the batch. Retries stop once ``delivery_timeout`` seconds
+    connection, a broker restarting) is tried again with growing pauses (at most
+    ``retries`` times if given); any other error fails every message of the batch, and a
+    driver may fail single messages of a batch on their own. Retries stop once ``delivery_timeout`` seconds
     have passed since the batch was first tried, so a send always ends in bounded time.
     ``send`` waits while ``max_buffer`` messages are queued; ``send_soon`` never waits.
     """
@@ -37,7 +41,7 @@ class Producer:
         *,
         batch_size: int = 500,
         max_buffer: int = 10_000,
-        retries: int = 3,
+        retries: int | None = None,
         retry_backoff: float = 0.2,
         delivery_timeout: float = 60.0,
     ) -> None:
@@ -112,15 +116,15 @@ class Producer:
                         fut.set_exception(ClosedError("the producer closed before the broker confirmed"))
                 raise
             except ChannelsError as exc:
-                delay = self.retry_backoff * (2**attempt)
+                delay = min(self.retry_backoff * (2**attempt), MAX_BACKOFF)
                 if (
                     exc.retryable
-                    and attempt < self.retries
+                    and (self.retries is None or attempt < self.retries)
                     and not self._closed
                     and time.monotonic() + delay < deadline
                 ):
                     attempt += 1
-                    log.warning("send failed (%s); retry %d/%d in %.1fs", exc, attempt, self.retries, delay)
+                    log.warning("send failed (%s); try %d in %.1fs", exc, attempt + 1, delay)
                     await asyncio.sleep(delay)
                     continue
                 self._fail(live, exc)
@@ -128,7 +132,12 @@ class Producer:
                 self._fail(live, exc)
             else:
                 for (_, fut), md in zip(live, results, strict=True):
-                    if not fut.done():
+                    if fut.done():
+                        continue
+                    if isinstance(md, BaseException):
+                        self.failed += 1
+                        fut.set_exception(md)
+                    else:
                         fut.set_result(md)
             return
 

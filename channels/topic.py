@@ -340,6 +340,10 @@ class Topic(Channel[K, V]):
         return Event(key_obj, value_obj, message)
 
 
+#: header names the drivers use for what their broker lacks; refused on every driver alike
+RESERVED_HEADER_PREFIXES = ("x-channels-", "channels.")
+
+
 def encode_headers(headers: Mapping[str, str | bytes] | None) -> dict[str, bytes]:
     if not headers:
         return {}
@@ -349,6 +353,11 @@ def encode_headers(headers: Mapping[str, str | bytes] | None) -> dict[str, bytes
     for name, value in headers.items():
         if not isinstance(name, str) or not name:
             raise EncodeError(f"header names must be non-empty str, not {name!r}")
+        if name.startswith(RESERVED_HEADER_PREFIXES):
+            raise EncodeError(
+                f"header {name!r}: names starting with {' or '.join(RESERVED_HEADER_PREFIXES)} are reserved "
+                "for the drivers (keys, None values, encodings)"
+            )
         if isinstance(value, str):
             out[name] = value.encode("utf-8")
         elif isinstance(value, bytes | bytearray | memoryview):

@@ -16,7 +16,10 @@ A driver implements :class:`Transport` and :class:`Subscription`:
   reaches that group later. For a source topic: create nothing, raise ``TopicNotFound``
   if it is missing (when ``capabilities.topic_check``).
 * ``publish(messages)`` -- send a batch in order and return one ``RecordMetadata`` each,
-  only once the broker confirmed them (as far as the broker can confirm).
+  only once the broker confirmed them (as far as the broker can confirm). A batch may mix
+  topics. When one message alone fails (bad for its topic) and the others were confirmed,
+  put its exception in its place; raise only when the batch as a whole failed (a dropped
+  connection: the portable layer then tries the whole batch again).
 * ``subscribe(spec)`` -- join ``spec.group`` on the topics (or the pattern) and return a
   :class:`Subscription`. When it returns, the membership is established: a message
   published afterwards reaches this group.
@@ -137,7 +140,7 @@ class Transport(abc.ABC):
     async def declare(self, topic: TopicSpec, group: str | None = None) -> None: ...
 
     @abc.abstractmethod
-    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata]: ...
+    async def publish(self, messages: Sequence[Message]) -> Sequence[RecordMetadata | BaseException]: ...
 
     @abc.abstractmethod
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription: ...

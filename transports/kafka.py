@@ -1131,59 +1131,73 @@ class KafkaTransport(Transport):
             raise TopicNotFound(name, broker=self.url)
         return count
 
-    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata]:
+    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata | BaseException]:
+        """Queue every message with aiokafka, then wait for the broker's answers.
+
+        A message that alone is wrong (a partition the topic lacks, a source topic that does
+        not exist, too large for the topic) gets its own error in the result and is not
+        sent; the others go out. An error of the connection fails the whole batch, so the
+        portable layer can try it again.
+        """
         producer = self.producer
-        futures: list[asyncio.Future[Any]] = []
         limit = self.config.max_message_size
+        queued: list[asyncio.Future[Any] | BaseException] = []
         try:
             for message in messages:
-                count = await self._partition_count(message.topic)
-                if message.partition is not None and message.partition >= count:
-                    raise ConfigurationError(
-                        f"partition {message.partition} does not exist: topic {message.topic!r} has {count}",
-                        broker=self.url,
-                    )
-                with map_errors(
-                    self.url,
-                    f"sending to {message.topic!r}",
-                    topic=message.topic,
-                    size=message.size,
-                    limit=limit,
-                ):
-                    futures.append(
-                        await producer.send(
-                            message.topic,
-                            message.value,
-                            message.key if message.key is not None else _NO_KEY,
-                            partition=message.partition,
-                            timestamp_ms=(int(message.timestamp * 1000) if message.timestamp is not None else None),
-                            headers=list(message.headers.items()),
-                        )
-                    )
+                try:
+                    queued.append(await self._queue(producer, message, limit))
+                except ChannelsError as exc:
+                    if exc.retryable:
+                        raise
+                    queued.append(exc)
         except BaseException:
             # What was queued still goes out; collect it so no outcome is left unread.
+            futures = [f for f in queued if isinstance(f, asyncio.Future)]
             if futures:
                 await asyncio.gather(*futures, return_exceptions=True)
             raise
-        outcomes = await asyncio.gather(*futures, return_exceptions=True)
-        results: list[RecordMetadata] = []
-        for message, outcome in zip(messages, outcomes, strict=True):
-            if isinstance(outcome, BaseException):
+        results: list[RecordMetadata | BaseException] = []
+        for message, item in zip(messages, queued, strict=True):
+            if isinstance(item, BaseException):
+                results.append(item)
+                continue
+            try:
+                md = await item
+            except Exception as outcome:
                 if isinstance(outcome, _TOO_LARGE):
                     # The topic's own limit is below ours (a source topic): name it.
                     limit = await self._topic_limit(message.topic) or limit
-                with map_errors(
-                    self.url,
-                    f"sending to {message.topic!r}",
-                    topic=message.topic,
-                    size=message.size,
-                    limit=limit,
-                ):
-                    raise outcome
-            md = outcome
+                try:
+                    with map_errors(
+                        self.url, f"sending to {message.topic!r}", topic=message.topic, size=message.size, limit=limit
+                    ):
+                        raise outcome
+                except ChannelsError as error:
+                    if error.retryable:
+                        raise
+                    results.append(error)
+                continue
             timestamp = md.timestamp / 1000 if md.timestamp is not None and md.timestamp >= 0 else None
             results.append(RecordMetadata(md.topic, md.partition, md.offset, timestamp))
         return results
+
+    async def _queue(self, producer: Any, message: Message, limit: int) -> asyncio.Future[Any]:
+        count = await self._partition_count(message.topic)
+        if message.partition is not None and message.partition >= count:
+            raise ConfigurationError(
+                f"partition {message.partition} does not exist: topic {message.topic!r} has {count}",
+                broker=self.url,
+            )
+        with map_errors(self.url, f"sending to {message.topic!r}", topic=message.topic, size=message.size, limit=limit):
+            future: asyncio.Future[Any] = await producer.send(
+                message.topic,
+                message.value,
+                message.key if message.key is not None else _NO_KEY,
+                partition=message.partition,
+                timestamp_ms=(int(message.timestamp * 1000) if message.timestamp is not None else None),
+                headers=list(message.headers.items()),
+            )
+        return future
 
     async def _topic_limit(self, name: str) -> int | None:
         """The topic's ``max.message.bytes`` minus the batch around a record, if readable."""

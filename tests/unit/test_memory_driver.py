@@ -265,3 +265,12 @@ def test_an_empty_broker_url_is_an_error(monkeypatch: pytest.MonkeyPatch) -> Non
         channels.App("x")
     monkeypatch.setenv("CHANNELS_BROKER", "memory://from-env")
     assert channels.App("x").url.host == "from-env"
+
+
+async def test_reserved_header_names_are_refused_on_every_driver() -> None:
+    app = channels.App("app")
+    topic = app.topic(_name(), internal=True)
+    async with app:
+        for name in ("x-channels-key", "channels.none"):
+            with pytest.raises(EncodeError, match="reserved"):
+                topic.send_soon(value=b"x", headers={name: b"v"})
