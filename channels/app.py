@@ -96,6 +96,8 @@ class App:
         )
         self._topics: list[Topic[Any, Any]] = []
         self._streams: weakref.WeakSet[EventStream[Any, Any]] = weakref.WeakSet()
+        #: sends held until their topic is known to exist (see Topic._hold)
+        self._releases: set[asyncio.Future[None]] = set()
         self._state = "new"
         self._lock: asyncio.Lock | None = None
         self._shutdown_event: asyncio.Event | None = None
@@ -168,6 +170,8 @@ class App:
             self._state = "closing"
             try:
                 if was_running:
+                    if self._releases:
+                        await asyncio.wait(set(self._releases), timeout=self.close_timeout)
                     self.undelivered = await self.producer.close(self.close_timeout)
                     if self.undelivered:
                         log.error(

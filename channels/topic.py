@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import AsyncIterator, Coroutine, Mapping
@@ -113,6 +114,10 @@ class Topic(Channel[K, V]):
         self._key_codec = codecs.resolve(key_type, key_serializer, "key")
         self._value_codec = codecs.resolve(value_type, value_serializer)
         self._default_stream: EventStream[K, V] | None = None
+        #: the topic is known to exist on the broker (declared, or checked on first send)
+        self._sendable = False
+        self._held: list[tuple[Message, asyncio.Future[RecordMetadata]]] = []
+        self._release: asyncio.Future[None] | None = None
 
     # -- identity -------------------------------------------------------------------
 
@@ -224,6 +229,8 @@ class Topic(Channel[K, V]):
     ) -> RecordMetadata:
         """Send one message and return once the broker confirmed it."""
         message = self.prepare(key, value, headers, partition, timestamp, key_serializer, value_serializer)
+        if not self._sendable:
+            return await self._hold(message)
         return await self.app.producer.send(message)
 
     def send_soon(
@@ -243,6 +250,8 @@ class Topic(Channel[K, V]):
         """
         pending = PendingMessage(self, key, value, headers, partition, timestamp, key_serializer, value_serializer)
         message = self.prepare(key, value, headers, partition, timestamp, key_serializer, value_serializer)
+        if not self._sendable:
+            return FutureMessage(pending, self._hold(message))
         return FutureMessage(pending, self.app.producer.enqueue(message))
 
     async def put(self, value: V) -> None:
@@ -262,11 +271,49 @@ class Topic(Channel[K, V]):
             p.key_serializer,
             p.value_serializer,
         )
-        inner = self.app.producer.enqueue(message)
+        inner = self.app.producer.enqueue(message) if self._sendable else self._hold(message)
         inner.add_done_callback(lambda f: _copy_outcome(f, fut))
         if not wait:
             return fut
         return await fut
+
+    def _hold(self, message: Message) -> asyncio.Future[RecordMetadata]:
+        """Keep ``message`` until the topic is known to exist (created if internal, checked
+        if a source topic), then hand it and every message held with it to the producer, in
+        order. A missing source topic fails them all with TopicNotFound: sending never
+        creates a source topic, on any driver."""
+        fut: asyncio.Future[RecordMetadata] = asyncio.get_running_loop().create_future()
+        self._held.append((message, fut))
+        if self._release is None:
+            self._release = asyncio.ensure_future(self._release_held())
+            self.app._releases.add(self._release)
+        return fut
+
+    async def _release_held(self) -> None:
+        try:
+            if not self._sendable:
+                transport = self.app.transport
+                for spec in self.specs:
+                    await transport.declare(spec, None)
+                self._sendable = True
+        except BaseException as exc:
+            held, self._held = self._held, []
+            for _, fut in held:
+                if not fut.done():
+                    fut.set_exception(exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        finally:
+            if self._release is not None:
+                self.app._releases.discard(self._release)
+            self._release = None
+        held, self._held = self._held, []
+        for message, fut in held:
+            if fut.done():
+                continue
+            inner = self.app.producer.enqueue(message)
+            inner.add_done_callback(functools.partial(_chain, target=fut))
 
     # -- declaring ------------------------------------------------------------------------
 
@@ -279,6 +326,7 @@ class Topic(Channel[K, V]):
         transport = self.app.transport
         for spec in self.specs:
             await transport.declare(spec, self.group)
+        self._sendable = True
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -387,6 +435,17 @@ async def _first_or_nothing(
     if stopper in done:
         return []
     raise TimeoutError
+
+
+def _chain(src: asyncio.Future[RecordMetadata], target: asyncio.Future[RecordMetadata]) -> None:
+    if target.done():
+        return
+    if src.cancelled():
+        target.cancel()
+    elif src.exception() is not None:
+        target.set_exception(src.exception())  # type: ignore[arg-type]
+    else:
+        target.set_result(src.result())
 
 
 def _copy_outcome(src: asyncio.Future[RecordMetadata], dst: FutureMessage[Any, Any]) -> None:

@@ -274,3 +274,22 @@ async def test_reserved_header_names_are_refused_on_every_driver() -> None:
         for name in ("x-channels-key", "channels.none"):
             with pytest.raises(EncodeError, match="reserved"):
                 topic.send_soon(value=b"x", headers={name: b"v"})
+
+
+async def test_sending_never_creates_a_source_topic() -> None:
+    app = channels.App("app")
+    name = _name()
+    source = app.topic(name)
+    async with app:
+        futures = [source.send_soon(value=b"a"), source.send_soon(value=b"b")]
+        for fut in futures:
+            with pytest.raises(TopicNotFound):
+                await fut
+        with pytest.raises(TopicNotFound):
+            await source.send(value=b"c")
+        assert name not in app.transport.native().topics
+        internal = app.topic(name, internal=True)
+        first = internal.send_soon(value=b"1")  # held until the topic is created, then in order
+        second = internal.send_soon(value=b"2")
+        assert [(await first).offset, (await second).offset] != [None, None]
+        assert name in app.transport.native().topics
