@@ -136,6 +136,10 @@ async def _bridge(args: argparse.Namespace, pairs: list[tuple[str, str]], redact
     group = args.group or default_group(src_name, dst_name)
     src_app = App("channels-bridge", broker=src_url, connect_timeout=args.connect_timeout)
     dst_app = App("channels-bridge", broker=dst_url, connect_timeout=args.connect_timeout)
+    if src_name == dst_name and src_app.url == dst_app.url:
+        raise ConfigurationError(
+            f"bridging {src_name!r} on {src_app.url.redacted()} to itself would forward every message forever"
+        )
     src_where = f"{src_name} on {src_app.url.redacted()}"
     dst_where = f"{dst_name} on {dst_app.url.redacted()}"
     forwarded = 0

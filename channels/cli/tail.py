@@ -121,7 +121,10 @@ def format_text(message: Message, value: Any) -> str:
     line = f"{message.topic}[{message.partition}]@{message.offset} "
     line += f"key={c.render_bytes_text(message.key)}"
     if message.headers:
-        pairs = ",".join(f"{name}={c.render_bytes_text(data)}" for name, data in message.headers.items())
+        pairs = ",".join(
+            f"{c.render_bytes_text(name.encode('utf-8'))}={c.render_bytes_text(data)}"
+            for name, data in message.headers.items()
+        )
         line += f" headers={{{pairs}}}"
     return f"{line} {_text_value(value)}"
 
