@@ -30,6 +30,7 @@ import platform
 import socket
 import statistics
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Awaitable, Callable
@@ -75,7 +76,7 @@ OURS = "anychannel"
 WORKLOADS = ("publish_confirm", "publish_batch", "consume", "end_to_end", "latency")
 SIZES = (100, 10 * 1024)
 LATENCY_RATE = 1000.0
-RUN_TIMEOUT = 300.0
+RUN_TIMEOUT = 150.0
 
 VERSIONED = (
     "anychannel",
@@ -235,7 +236,7 @@ def settings() -> dict[str, dict[str, str]]:
         for name, module in impls.items():
             mod, error = _load(module)
             doc = (mod.__doc__ or "") if mod is not None else f"(cannot load: {error})"
-            out[broker][name] = " ".join(doc.strip().split("\n\n")[0].split())
+            out[broker][name] = " ".join(doc.split())
     return out
 
 
@@ -281,6 +282,8 @@ def targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     "met": a / b >= goal,
                 }
             )
+    brokers = list(DEFAULT_URLS)
+    checks.sort(key=lambda c: (brokers.index(c["broker"]), WORKLOADS.index(c["workload"]), c["size"]))
     return checks
 
 
@@ -400,8 +403,13 @@ def write_report(
         if problems:
             lines += ["", "Runs that failed:", ""]
             for r in problems:
-                reason = r.get("error") or r.get("partial_error")
-                lines.append(f"* {r['workload']} {r['size']} B, {r['impl']}: {reason}")
+                if "error" in r:
+                    lines.append(f"* {r['workload']} {r['size']} B, {r['impl']}: {r['error']}")
+                else:
+                    lines.append(
+                        f"* {r['workload']} {r['size']} B, {r['impl']}: a round failed "
+                        f"({r['partial_error']}); the median is of the {r['runs']} that ran"
+                    )
         lines += ["", "Settings:", ""]
         for name in impls:
             lines.append(f"* **{name}**: {meta['settings'][broker].get(name, '')}")
@@ -411,10 +419,11 @@ def write_report(
         "",
         "```",
         "scripts/bench                  # every broker that is up; writes this file and the plots",
-        "scripts/bench --quick          # smoke run (CI): 200 messages, one round",
+        "scripts/bench --quick          # smoke run (CI): 200 messages, one round, report in $TMPDIR",
         "scripts/bench --brokers memory,kafka --messages 50000 --rounds 5",
         "channels bench kafka://127.0.0.1:9092 --messages 20000 --size 1024   # our API only",
         "python -m bench.rss            # resident memory while streaming 1,000,000 messages",
+        "python -m bench.run --from-json bench/results.json   # re-render this file and the plots",
         "```",
         "",
     ]
@@ -433,8 +442,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="payload sizes in bytes (default 100,10240)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 200 messages, one round")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "performance.md")
-    parser.add_argument("--json", type=Path, default=None, help="raw rows as JSON (default: next to the plots)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="report path (default docs/performance.md; with --quick a file in the temp directory, "
+        "so a smoke run never replaces the committed report)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the raw rows (for --merge, --from-json)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     parser.add_argument(
         "--merge",
@@ -449,6 +464,12 @@ def main(argv: list[str] | None = None) -> int:
         help="measure nothing: write the report and plots from a results JSON of an earlier run",
     )
     args = parser.parse_args(argv)
+    if args.out is None:
+        args.out = (
+            Path(tempfile.gettempdir()) / "anychannel-bench-quick" / "performance.md"
+            if args.quick
+            else ROOT / "docs" / "performance.md"
+        )
     if args.from_json is not None:
         saved = json.loads(args.from_json.read_text(encoding="utf-8"))
         saved["meta"]["settings"] = settings()
@@ -514,7 +535,7 @@ def _write_all(rows: list[dict[str, Any]], meta: dict[str, Any], args: argparse.
         except ImportError as exc:
             print(f"plots skipped: {exc}", file=sys.stderr)
     write_report(rows, meta, args.out, plots)
-    json_out = args.json or (plot_dir / "results.json" if not args.no_plots else None)
+    json_out = args.json
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
         json_out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n", encoding="utf-8")

@@ -69,7 +69,8 @@ async def _producer(url: str, topic: str) -> AsyncIterator[AIOKafkaProducer]:
         await producer.partitions_for(topic)  # metadata known before the clock starts
         yield producer
     finally:
-        await producer.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 20)
 
 
 @contextlib.asynccontextmanager
@@ -92,7 +93,8 @@ async def _consumer(url: str, topic: str) -> AsyncIterator[AIOKafkaConsumer]:
                 await asyncio.sleep(0.02)
         yield consumer
     finally:
-        await consumer.stop()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 20)
 
 
 async def _drain(consumer: AIOKafkaConsumer, n: int, on_record: Any = None) -> None:
