@@ -53,7 +53,9 @@ CUTTABLE = [b for b in BROKERS.values() if b.name != "kafka"]
 @pytest.mark.parametrize("broker", CUTTABLE, ids=[b.name for b in CUTTABLE])
 async def test_send_to_a_cut_off_broker_is_a_bounded_error(broker: Broker) -> None:
     proxy = await TcpProxy(broker.port).start()
-    app = channels.App("rel-cut", broker=broker.with_port(proxy.port), connect_timeout=10, close_timeout=10)
+    app = channels.App(
+        "rel-cut", broker=broker.with_port(proxy.port), connect_timeout=10, close_timeout=10, delivery_timeout=15
+    )
     topic = app.topic(_name("cut"), internal=True)
     await asyncio.wait_for(app.start(), 30)
     try:
@@ -68,6 +70,7 @@ async def test_send_to_a_cut_off_broker_is_a_bounded_error(broker: Broker) -> No
         elapsed = time.monotonic() - started
         _report(driver=broker.name, outcome=outcome, seconds=round(elapsed, 2))
         assert outcome != "sent", "a send through a cut connection cannot have been confirmed"
+        assert elapsed < 30, f"the send took {elapsed:.1f}s to fail with a delivery timeout of 15s"
     finally:
         await asyncio.wait_for(app.stop(), 60)
 
