@@ -18,6 +18,40 @@ __all__ = ["Channel"]
 K = TypeVar("K")
 V = TypeVar("V")
 
+_MESSAGE_SLOT = Event.__dict__["message"]
+
+
+class _ChannelEvent(Event[K, V]):
+    """An event put by ``Channel.put``: its Message is only built if someone asks for it.
+
+    ``put`` is the in-process hot path; most readers only use ``key`` and ``value``.
+    """
+
+    __slots__ = ("_label", "_offset", "_ts")
+
+    def __init__(self, value: V, label: str, offset: int, ts: float, key: K | None = None) -> None:
+        self.key = key  # type: ignore[assignment]
+        self.value = value
+        self._ack = None
+        self._nack = None
+        self._settled = False
+        self._label = label
+        self._offset = offset
+        self._ts = ts
+
+    @property
+    def message(self) -> Message:
+        try:
+            return _MESSAGE_SLOT.__get__(self)  # type: ignore[no-any-return]
+        except AttributeError:
+            message = Message(self._label, None, None, {}, 0, self._offset, self._ts)
+            _MESSAGE_SLOT.__set__(self, message)
+            return message
+
+    @message.setter
+    def message(self, message: Message) -> None:
+        _MESSAGE_SLOT.__set__(self, message)
+
 
 class Channel(Generic[K, V]):
     """A buffer of events inside one process.
@@ -50,6 +84,7 @@ class Channel(Generic[K, V]):
         self._declared = False
         self._declare_lock: asyncio.Lock | None = None
         self._offset = 0
+        self._backlog = 0  # send_soon calls still waiting in tasks (keeps their order)
         self._closed = False
 
     # -- buffer -----------------------------------------------------------------
@@ -87,7 +122,21 @@ class Channel(Generic[K, V]):
 
     async def put(self, value: V) -> None:
         """Deliver ``value`` to this channel and its clones (waits while a buffer is full)."""
-        await self.send(value=value)
+        if self._closed or (self.app is not None and self.app.closed):
+            self._check_open()
+        root = self._root
+        subscribers = root._subscribers
+        if len(subscribers) != 1 or root._backlog:
+            await self.send(value=value)
+            return
+        offset = root._offset
+        root._offset = offset + 1
+        queue = subscribers[0].queue
+        event: Event[K, V] = _ChannelEvent(value, self._label, offset, time.time())
+        if queue.full():
+            await queue.put(event)
+        else:
+            queue.put_nowait(event)
 
     async def send(
         self,
@@ -180,9 +229,25 @@ class Channel(Generic[K, V]):
         fut = self.as_future_message(
             key, value, headers, partition, timestamp, key_serializer, value_serializer
         )
+        root = self._root
+        subscribers = root._subscribers
+        if not root._backlog and not headers and all(not sub.queue.full() for sub in subscribers):
+            # Room everywhere: deliver now, in order, without a task per message.
+            offset = root._offset
+            root._offset = offset + 1
+            ts = timestamp if timestamp is not None else time.time()
+            for sub in subscribers:
+                sub.queue.put_nowait(_ChannelEvent(value, self._label, offset, ts, key))
+            fut.set_result(RecordMetadata(self._label, 0, offset, ts))
+            return fut
+        root._backlog += 1
         task = asyncio.ensure_future(self.publish_message(fut, wait=True))
-        task.add_done_callback(_consume_exception)
+        task.add_done_callback(root._backlog_done)
         return fut
+
+    def _backlog_done(self, task: asyncio.Future[Any]) -> None:
+        self._backlog -= 1
+        _consume_exception(task)
 
     # -- declaring ------------------------------------------------------------------
 
@@ -204,7 +269,8 @@ class Channel(Generic[K, V]):
 
     async def get(self, *, timeout: float | None = None) -> Event[K, V]:
         """The next event; raise ``channels.errors.Timeout`` after ``timeout`` seconds."""
-        self._check_open()
+        if self._closed or (self.app is not None and self.app.closed):
+            self._check_open()
         queue = self.queue
         if not queue.empty():
             return queue.get_nowait()
