@@ -251,13 +251,16 @@ def parse_options(url: BrokerURL, tls_schemes: Iterable[str]) -> MqttOptions:
     )
 
 
-def build_capabilities(opts: MqttOptions, qos2_redelivers: bool = True) -> Capabilities:
+def build_capabilities(
+    opts: MqttOptions, qos2_redelivers: bool = True, restart_safe: bool = True
+) -> Capabilities:
     """The same flags for both drivers; they follow from the options, except that a client
     library that confirms a QoS 2 message before the handler acked it (``qos2_redelivers``
-    False) cannot promise redelivery at QoS 2."""
+    False) cannot promise redelivery at QoS 2, and a driver that has lost messages across a
+    broker restart in our runs (``restart_safe`` False) does not claim ``persistent``."""
     durable = opts.persistent_sessions
     return Capabilities(
-        persistent=durable,
+        persistent=durable and restart_safe,
         consumer_groups=True,
         fanout_groups=True,
         per_key_ordering=False,
@@ -947,13 +950,15 @@ class MqttTransportBase(Transport):
     #: False when the client library sends PUBREC on receipt (the message is then the
     #: client's, and gone if the process dies before the ack)
     qos2_redelivers: ClassVar[bool] = True
+    #: False while the driver is not proven to lose nothing across a broker restart
+    restart_safe: ClassVar[bool] = True
     #: (client exception types, channels error) rows for translate_errors
     error_table: ClassVar[Sequence[tuple[Any, Any]]] = ()
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
         self.opts = parse_options(url, self.tls_schemes)
-        self._caps = build_capabilities(self.opts, self.qos2_redelivers)
+        self._caps = build_capabilities(self.opts, self.qos2_redelivers, self.restart_safe)
         self._publisher: Link | None = None
         self._publisher_ready = asyncio.Event()
         self._publisher_task: asyncio.Task[None] | None = None
