@@ -950,8 +950,10 @@ class MqttTransportBase(Transport):
     #: False when the client library sends PUBREC on receipt (the message is then the
     #: client's, and gone if the process dies before the ack)
     qos2_redelivers: ClassVar[bool] = True
-    #: False while the driver is not proven to lose nothing across a broker restart
-    restart_safe: ClassVar[bool] = True
+    #: False while the driver is not proven to lose nothing across a broker restart: the
+    #: conformance restart case lost the messages stored during the restart in some runs
+    #: (100 of 300 on aiomqtt in a clean CI run, 19 of 300 on gmqtt), so neither claims it.
+    restart_safe: ClassVar[bool] = False
     #: (client exception types, channels error) rows for translate_errors
     error_table: ClassVar[Sequence[tuple[Any, Any]]] = ()
 

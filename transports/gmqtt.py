@@ -308,9 +308,6 @@ class GmqttTransport(MqttTransportBase):
 
     schemes = ("gmqtt", "gmqtts")
     tls_schemes: ClassVar[tuple[str, ...]] = ("gmqtts",)
-    # The conformance restart case lost 19 of 300 confirmed messages once on this driver
-    # (the aiomqtt driver passes it): until that is explained, gmqtt does not claim it.
-    restart_safe: ClassVar[bool] = False
     error_table: ClassVar[Sequence[tuple[Any, Any]]] = (
         ((gmqtt.MQTTConnectError, OSError, OverflowError), ConnectionFailed),
     )

@@ -44,8 +44,8 @@ message), and watches ``Client._disconnected`` to notice a dropped connection. I
 replaces aiomqtt's socket reader (one packet per event-loop turn) by one that drains the
 socket through paho's public ``loop_read``.
 
-Capabilities (the same as ``gmqtt://``, except that gmqtt does not claim ``persistent``: it
-lost 19 of 300 confirmed messages once in the broker-restart case): persistent, consumer_groups, fanout_groups, ack,
+Capabilities (the same as ``gmqtt://``; neither claims ``persistent``: the broker-restart case
+lost the messages stored during the restart in some runs): consumer_groups, fanout_groups, ack,
 native headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
 unacked message comes back only when its session reconnects, so ``nack(requeue=True)``
 raises CapabilityNotSupported and ``nack(requeue=False)`` acks), per_key_ordering (a shared
