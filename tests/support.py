@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import os
 import socket
+import urllib.request
+import uuid
 from dataclasses import dataclass
 
 
@@ -98,3 +100,30 @@ class TcpProxy:
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             writer.close()
         self._writers.clear()
+
+
+class NsqTopics:
+    """Unique names for NSQ tests, and the deletion of every topic among them afterwards.
+
+    nsqd samples 20 channels per 100 ms for deferred and timed-out messages: thousands of
+    leftover test channels make REQ delays and msg_timeouts seconds late, so tests clean up.
+    """
+
+    def __init__(self, http: str, prefix: str) -> None:
+        self.http = http
+        self.prefix = prefix
+        self.created: list[str] = []
+
+    def name(self, prefix: str | None = None) -> str:
+        made = f"{prefix or self.prefix}-{uuid.uuid4().hex[:16]}"
+        self.created.append(made)
+        return made
+
+    def delete_all(self) -> None:
+        while self.created:
+            topic = self.created.pop()
+            request = urllib.request.Request(f"{self.http}/topic/delete?topic={topic}", data=b"", method="POST")
+            try:
+                urllib.request.urlopen(request, timeout=2).close()
+            except OSError:
+                pass  # not a topic (a group name), or never created

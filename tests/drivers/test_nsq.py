@@ -15,7 +15,6 @@ import struct
 import subprocess
 import time
 import urllib.request
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from channels.errors import (
 )
 from channels.events import Message
 from channels.url import parse_url
+from tests.support import NsqTopics
 from transports.base import SubscriptionSpec, TopicSpec
 from transports.nsq import NsqTransport
 
@@ -68,31 +68,14 @@ async def _settled_at_nsqd(topic: str, group: str) -> None:
 needs_nsqd = pytest.mark.skipif(not _nsqd_up(), reason="nsqd is not running (scripts/brokers up nsq)")
 
 
-_created: list[str] = []
-
-
-def name(prefix: str = "t") -> str:
-    made = f"{prefix}-{uuid.uuid4().hex[:16]}"
-    _created.append(made)
-    return made
-
-
-def _delete_topics() -> None:
-    """nsqd samples 20 channels per 100 ms for deferred and timed-out messages: thousands of
-    leftover test channels make REQ delays and msg_timeouts seconds late, so tests clean up."""
-    while _created:
-        topic = _created.pop()
-        request = urllib.request.Request(f"{HTTP}/topic/delete?topic={topic}", data=b"", method="POST")
-        try:
-            urllib.request.urlopen(request, timeout=2).close()
-        except OSError:
-            pass  # not a topic (a group name), or never created
+_topics = NsqTopics(HTTP, "t")
+name = _topics.name
 
 
 @pytest.fixture(autouse=True)
 def _cleanup() -> Iterator[None]:
     yield
-    _delete_topics()
+    _topics.delete_all()
 
 
 def transport(url: str = URL, **options: str) -> NsqTransport:

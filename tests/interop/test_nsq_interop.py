@@ -11,7 +11,6 @@ import asyncio
 import os
 import shutil
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from channels import App
 from channels.envelope import MAGIC
+from tests.support import NsqTopics
 
 URL = os.environ.get("CHANNELS_TEST_NSQ_URL", "nsq://127.0.0.1:4150")
 HTTP = "http://127.0.0.1:4151"
@@ -47,31 +47,14 @@ def tool(name: str) -> str:
     return found
 
 
-_created: list[str] = []
-
-
-def name(prefix: str = "io") -> str:
-    made = f"{prefix}-{uuid.uuid4().hex[:16]}"
-    _created.append(made)
-    return made
-
-
-def _delete_topics() -> None:
-    """nsqd samples 20 channels per 100 ms for deferred and timed-out messages: thousands of
-    leftover test channels make REQ delays and msg_timeouts seconds late, so tests clean up."""
-    while _created:
-        topic = _created.pop()
-        request = urllib.request.Request(f"{HTTP}/topic/delete?topic={topic}", data=b"", method="POST")
-        try:
-            urllib.request.urlopen(request, timeout=2).close()
-        except OSError:
-            pass  # not a topic (a group name), or never created
+_topics = NsqTopics(HTTP, "io")
+name = _topics.name
 
 
 @pytest.fixture(autouse=True)
 def _cleanup() -> Iterator[None]:
     yield
-    _delete_topics()
+    _topics.delete_all()
 
 
 def http_post(path: str, body: bytes = b"") -> bytes:
