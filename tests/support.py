@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import socket
+import sys
+import time
 import urllib.request
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -50,6 +57,24 @@ BROKERS = {
         Broker("zmq", _env("zmq", "zmq://127.0.0.1:5560"), "zmq"),
     )
 }
+
+
+async def bounded(awaitable: Awaitable[T], seconds: float, what: str) -> T:
+    """Await ``awaitable`` for at most ``seconds``; on a timeout, print every thread's stack
+    and every pending task (where it hangs) before cancelling it and raising TimeoutError."""
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if task in done:
+        return task.result()
+    print(f"--- {what}: not done after {seconds}s; threads and tasks follow ---", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    for pending in asyncio.all_tasks():
+        pending.print_stack(limit=12, file=sys.stderr)
+    task.cancel()
+    started = time.monotonic()
+    await asyncio.wait({task}, timeout=30)
+    print(f"--- {what}: cancelled; finished={task.done()} after {time.monotonic() - started:.1f}s ---", file=sys.stderr)
+    raise TimeoutError(f"{what}: not done within {seconds}s")
 
 
 def free_port() -> int:

@@ -213,6 +213,13 @@ _TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[
 _SPECIFIC = tuple(t for types, _ in _TABLE[:-1] for t in (types if isinstance(types, tuple) else (types,)))
 
 
+#: Answers a group request gets while its coordinator is being chosen or is loading.
+_COORDINATOR_MOVING = (
+    kerr.GroupCoordinatorNotAvailableError,
+    kerr.NotCoordinatorForGroupError,
+    kerr.GroupLoadInProgressError,
+)
+
 _TOO_LARGE = (kerr.MessageSizeTooLargeError, kerr.RecordTooLargeError, kerr.RecordListTooLargeError)
 
 
@@ -1001,8 +1008,22 @@ class KafkaTransport(Transport):
             return list(await self.admin.list_topics())
 
     async def _committed(self, group: str, tps: Iterable[TopicPartition]) -> dict[TopicPartition, OffsetAndMetadata]:
+        wanted = list(tps)
+        # A fresh cluster creates its offsets topic on the first group request and answers
+        # "coordinator not available" until it is ready: that is waited out, within a bound.
+        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_ms / 1000
+        delay = 0.1
         with map_errors(self.url, f"reading offsets of group {group!r}"):
-            found = await self.admin.list_consumer_group_offsets(group, partitions=list(tps))
+            while True:
+                try:
+                    found = await self.admin.list_consumer_group_offsets(group, partitions=wanted)
+                    break
+                except _COORDINATOR_MOVING:
+                    if asyncio.get_running_loop().time() + delay > deadline:
+                        raise
+                    log.debug("group %s: coordinator not ready; asking again in %.1fs", group, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 1.0)
         return {tp: meta for tp, meta in found.items() if meta.offset >= 0}
 
     async def _init_group_offsets(self, topics: Sequence[str], group: str) -> None:

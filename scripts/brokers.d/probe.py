@@ -2,6 +2,7 @@
 """Small protocol-level health probes used by scripts/brokers (stdlib only).
 
   probe.py kafka HOST PORT     Metadata request; OK when a broker and a controller answer
+                               and a group coordinator is found
   probe.py tcp HOST PORT       OK when the port accepts a TCP connection
   probe.py http URL [BODY]     OK when GET URL answers 200 (and its body starts with BODY)
   probe.py kafka-id            prints a new random Kafka cluster id
@@ -58,7 +59,20 @@ def kafka(host, port):
             # The metadata image can name this broker leader a moment before its replica
             # manager has taken the partitions over: ask for the end offsets too.
             _kafka_list_offsets(sock, client_id, led)
+        # The first group request makes the broker create its offsets topic; until that
+        # is led, consumer groups get "coordinator not available": ask until it answers.
+        _kafka_find_coordinator(sock, client_id)
     return info
+
+
+def _kafka_find_coordinator(sock, client_id):
+    # FindCoordinator v0: group id; answer: error_code, node_id, host, port
+    group = b"anychannel-brokers-probe"
+    header = struct.pack(">hhih", 10, 0, 9, len(client_id)) + client_id
+    data = _kafka_call(sock, header + struct.pack(">h", len(group)) + group)
+    (err,) = struct.unpack_from(">h", data, 4)
+    if err:
+        raise RuntimeError("group coordinator not available yet (error %d)" % err)
 
 
 def _kafka_call(sock, msg):
