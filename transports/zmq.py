@@ -378,39 +378,44 @@ class ZmqTransport(Transport):
         if self._socket is not None:
             return
         self._ctx = zmq.asyncio.Context()
-        sock = self._ctx.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, int(self.linger * 1000))
-        sock.setsockopt(zmq.ROUTING_ID, b"ch-" + os.urandom(12))
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.setsockopt(zmq.RCVHWM, 0)
-        sock.setsockopt(zmq.RECONNECT_IVL, 100)
-        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-        if self.endpoint.startswith("tcp://["):
-            sock.setsockopt(zmq.IPV6, 1)
-        with self._map("connect"):
-            sock.connect(self.endpoint)
-        self._socket = sock
-        self._tasks = [asyncio.create_task(self._reader(), name=f"zmq-reader {self.url}")]
         try:
-            reply = await self._request(b"HELLO")
-        except ChannelsError as exc:
-            await self.close()
-            raise ConnectionFailed(
-                f"no zmq broker answering at {self.endpoint} "
-                "(start one with `channels zmq-broker`)",
-                broker=self.url,
-            ) from exc
-        self._epoch = reply[0]
-        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self._monitor = monitor
+            sock = self._ctx.socket(zmq.DEALER)
+            self._socket = sock
+            sock.setsockopt(zmq.LINGER, int(self.linger * 1000))
+            sock.setsockopt(zmq.ROUTING_ID, b"ch-" + os.urandom(12))
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.setsockopt(zmq.RCVHWM, 0)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            if self.endpoint.startswith("tcp://["):
+                sock.setsockopt(zmq.IPV6, 1)
+            with self._map("connect"):
+                sock.connect(self.endpoint)
+            self._tasks = [asyncio.create_task(self._reader(), name=f"zmq-reader {self.url}")]
+            try:
+                reply = await self._request(b"HELLO")
+            except ChannelsError as exc:
+                raise ConnectionFailed(
+                    f"no zmq broker answering at {self.endpoint} "
+                    "(start one with `channels zmq-broker`)",
+                    broker=self.url,
+                ) from exc
+            self._epoch = reply[0]
+            monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+            self._monitor = monitor
+        except BaseException:
+            # Failed or cancelled (an App's connect timeout): nothing was accepted yet, so
+            # the sockets go at once. A context left to the garbage collector would block
+            # the whole process in term() on a socket it can no longer see.
+            self._abort()
+            raise
         self._tasks.append(asyncio.create_task(self._heartbeat(), name=f"zmq-heartbeat {self.url}"))
         self._tasks.append(
             asyncio.create_task(self._watch_connections(monitor), name=f"zmq-monitor {self.url}")
         )
 
-    async def close(self) -> None:
-        if self._socket is None:
-            return
+    async def _wind_down(self) -> None:
+        """The graceful part of close(): members leave, publishes get their answers."""
         for sub in list(self._subs.values()):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(sub.close(), self.connect_timeout)
@@ -430,6 +435,33 @@ class ZmqTransport(Transport):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks.clear()
+
+    def _abort(self) -> None:
+        """Drop the connection now: cancel the tasks, close the sockets without lingering."""
+        for task in self._tasks:
+            task.cancel()
+        self._tasks.clear()
+        for future in self._pending.values():
+            if not future.done():
+                future.cancel()
+        self._pending.clear()
+        sock, self._socket = self._socket, None
+        monitor, self._monitor = self._monitor, None
+        ctx, self._ctx = self._ctx, None
+        for each in (monitor, sock):
+            if each is not None:
+                each.close(linger=0)
+        if ctx is not None:
+            ctx.term()  # immediate: every socket of this context is closed
+
+    async def close(self) -> None:
+        if self._socket is None:
+            return
+        try:
+            await self._wind_down()
+        except BaseException:
+            self._abort()  # cancelled while closing: still leave no socket behind
+            raise
         sock, self._socket = self._socket, None
         ctx, self._ctx = self._ctx, None
         for future in self._pending.values():

@@ -243,11 +243,11 @@ async def test_silent_member_times_out_and_its_messages_come_back(broker: Broker
         ctx = zmq.Context()
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
-        sock.connect(f"tcp://127.0.0.1:{PORT}")
-        sock.send_multipart([b"SUB", b"1", b"s1", b"grp", b"10", b"", topic_name.encode()])
-        assert sock.poll(5000) and sock.recv_multipart()[0] == b"OK"
-        assert sock.poll(5000) and sock.recv_multipart()[0] == b"MSG"
         try:
+            sock.connect(f"tcp://127.0.0.1:{PORT}")
+            sock.send_multipart([b"SUB", b"1", b"s1", b"grp", b"10", b"", topic_name.encode()])
+            assert sock.poll(5000) and sock.recv_multipart()[0] == b"OK"
+            assert sock.poll(5000) and sock.recv_multipart()[0] == b"MSG"
             async with topic.events() as stream:
                 (event,) = await drain(stream, 1, timeout=10)
             assert event.value == b"held" and event.message.redelivered
@@ -287,6 +287,24 @@ async def test_no_broker_fails_fast() -> None:
     with pytest.raises(ConnectionFailed):
         await app.start()
     assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("outcome", ["fails", "cancelled"])
+async def test_a_connect_that_does_not_finish_leaves_no_socket_open(outcome: str) -> None:
+    # A zmq context left to the garbage collector with a socket still open blocks the whole
+    # process in term() when it is collected: a failed or cancelled connect must close both.
+    app = channels.App(name("app"), broker="zmq://127.0.0.1:5569?connect_timeout=0.5")
+    transport: Any = app.transport_object
+    if outcome == "fails":
+        with pytest.raises(ConnectionFailed):
+            await transport.connect()
+    else:
+        task = asyncio.create_task(transport.connect())
+        await asyncio.sleep(0.1)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert (transport._socket, transport._monitor, transport._ctx) == (None, None, None)
 
 
 async def test_close_is_bounded_and_counts_unconfirmed(broker: Broker) -> None:
