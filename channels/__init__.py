@@ -6,6 +6,7 @@ from channels.app import App
 from channels.capabilities import Capabilities
 from channels.channel import Channel
 from channels.errors import (
+    AuthenticationFailed,
     CapabilityNotSupported,
     ChannelsError,
     ClosedError,
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "App",
+    "AuthenticationFailed",
     "BrokerURL",
     "Capabilities",
     "CapabilityNotSupported",

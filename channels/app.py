@@ -17,7 +17,6 @@ from channels.errors import (
     ClosedError,
     ConfigurationError,
     ConnectionFailed,
-    Timeout,
 )
 from channels.producer import Producer
 from channels.registry import get_transport_class
@@ -78,6 +77,7 @@ class App:
         max_buffer: int = 10_000,
         retries: int | None = None,
         delivery_timeout: float = 60.0,
+        wait_for_broker: float = 0.0,
     ) -> None:
         if not isinstance(id, str) or not id.strip():
             raise ConfigurationError("an App needs a non-empty id")
@@ -85,6 +85,9 @@ class App:
         self.url = parse_url(_broker_url(broker))
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
+        if not wait_for_broker >= 0:
+            raise ConfigurationError(f"wait_for_broker must be >= 0 seconds, not {wait_for_broker!r}")
+        self.wait_for_broker = wait_for_broker
         cls = get_transport_class(self.url.scheme)
         self.transport_object: Transport = cls(self.url)
         self.producer = Producer(
@@ -142,15 +145,7 @@ class App:
                 raise ClosedError(f"app {self.id!r} is closed; create a new App", broker=self.url)
             self._state = "starting"
             try:
-                await asyncio.wait_for(self.transport_object.connect(), self.connect_timeout)
-            except TimeoutError:
-                self._state = "new"
-                raise ConnectionFailed(f"could not connect within {self.connect_timeout}s", broker=self.url) from None
-            except ChannelsError as exc:
-                self._state = "new"
-                if exc.broker is None:
-                    exc.set_broker(self.url)
-                raise
+                await self._connect()
             except BaseException:
                 self._state = "new"
                 raise
@@ -160,6 +155,32 @@ class App:
             if topic.internal:
                 await topic.maybe_declare()
         return self
+
+    async def _connect(self) -> None:
+        """Connect the transport; while the broker is unreachable, try again until
+        ``wait_for_broker`` seconds have passed (errors that are not retryable, such as
+        refused credentials, end it at once)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.wait_for_broker
+        delay = 0.2
+        while True:
+            try:
+                try:
+                    await asyncio.wait_for(self.transport_object.connect(), self.connect_timeout)
+                except TimeoutError:
+                    raise ConnectionFailed(
+                        f"could not connect within {self.connect_timeout}s", broker=self.url
+                    ) from None
+                return
+            except ChannelsError as exc:
+                if exc.broker is None:
+                    exc.set_broker(self.url)
+                left = deadline - loop.time()
+                if not exc.retryable or left <= 0:
+                    raise
+                log.warning("app %s: %s; trying again in %.1fs", self.id, exc, min(delay, left))
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, 5.0)
 
     async def stop(self) -> int:
         """Flush, close streams and transport. Returns how many sends were not delivered."""
@@ -188,9 +209,16 @@ class App:
                     try:
                         await asyncio.wait_for(self.transport_object.close(), self.close_timeout)
                     except TimeoutError:
-                        raise Timeout(
-                            f"transport did not close within {self.close_timeout}s", broker=self.url
-                        ) from None
+                        # Not raised: stop() runs in `async with` exits and finally blocks,
+                        # where an error would hide the one being handled. What was not
+                        # delivered is counted above either way.
+                        log.error(
+                            "app %s: the transport did not close within %ss (broker %s); its "
+                            "connections were dropped",
+                            self.id,
+                            self.close_timeout,
+                            self.url,
+                        )
             finally:
                 self._state = "closed"
         return self.undelivered

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from channels.events import Message
 
 __all__ = [
+    "AuthenticationFailed",
     "CapabilityNotSupported",
     "ChannelsError",
     "ClosedError",
@@ -67,6 +68,16 @@ class ConnectionFailed(ChannelsError, ConnectionError):
     """The broker could not be reached, or the connection dropped."""
 
     retryable = True
+
+
+class AuthenticationFailed(ConnectionFailed):
+    """The broker refused the credentials (user and password, SASL, an auth secret).
+
+    A ``ConnectionFailed`` that is not retryable: the same credentials fail the same way,
+    so nothing retries them until a timeout; the message never contains the secret.
+    """
+
+    retryable = False
 
 
 class TopicNotFound(ChannelsError, LookupError):

@@ -44,6 +44,7 @@ from typing import Any, ClassVar
 
 from channels.capabilities import Capabilities
 from channels.errors import (
+    AuthenticationFailed,
     CapabilityNotSupported,
     ClosedError,
     ConfigurationError,
@@ -113,6 +114,11 @@ CONTENT_TYPE_HEADER = "content-type"
 # Characters Mosquitto refuses in UTF-8 strings (MQTT 5 1.5.4: NUL must not appear, control
 # characters and non-characters should not; Mosquitto rejects the whole packet).
 _UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff\ud800-\udfff]")
+
+
+#: CONNACK codes of a refused login: 3.1.1 "bad user name or password" and "not authorised",
+#: 5 "bad user name or password", "not authorized" and "bad authentication method"
+LOGIN_REFUSED = frozenset({4, 5, 0x86, 0x87, 0x8C})
 
 
 def is_safe_text(text: str) -> bool:
@@ -979,6 +985,11 @@ class MqttTransportBase(Transport):
 
         return translate_errors(self.error_table, self.url, what)
 
+    @staticmethod
+    def connack_code(exc: BaseException) -> int | None:
+        """The CONNACK reason code of a refused connection (None for other errors)."""
+        return None
+
     async def _guarded(self, coro: Any, what: str) -> Any:
         """Run a link operation with the connect timeout and the error table."""
         with self.map_errors(what):
@@ -988,6 +999,12 @@ class MqttTransportBase(Transport):
                 raise ConnectionFailed(
                     f"{what}: no answer within {self.opts.connect_timeout}s", broker=self.url
                 ) from None
+            except Exception as exc:
+                if self.connack_code(exc) in LOGIN_REFUSED:
+                    raise AuthenticationFailed(
+                        f"{what}: the broker refused the login ({exc})", broker=self.url
+                    ) from exc
+                raise
 
     # -- contract --------------------------------------------------------------------------
 

@@ -100,6 +100,7 @@ from pamqp import commands as spec
 
 from channels.capabilities import Capabilities
 from channels.errors import (
+    AuthenticationFailed,
     CapabilityNotSupported,
     ChannelsError,
     ClosedError,
@@ -165,10 +166,9 @@ class Unroutable(ChannelsError):
 
 
 _ERRORS: list[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]] = [
+    ((amqp_errors.ProbableAuthenticationError, amqp_errors.AuthenticationError), AuthenticationFailed),
     (
         (
-            amqp_errors.ProbableAuthenticationError,
-            amqp_errors.AuthenticationError,
             amqp_errors.IncompatibleProtocolError,
             amqp_errors.ChannelAccessRefused,
             amqp_errors.ChannelPreconditionFailed,

@@ -315,6 +315,11 @@ class GmqttTransport(MqttTransportBase):
     def _new_link(self, config: LinkConfig) -> Link:
         return GmqttLink(self.opts, config)
 
+    @staticmethod
+    def connack_code(exc: BaseException) -> int | None:
+        code = getattr(exc, "_code", None) if isinstance(exc, gmqtt.MQTTConnectError) else None
+        return code if isinstance(code, int) else None
+
     def native(self) -> Any:
         """The publisher's ``gmqtt.Client`` (None while disconnected)."""
         link = self._publisher

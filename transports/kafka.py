@@ -107,6 +107,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from channels.capabilities import Capabilities
 from channels.errors import (
+    AuthenticationFailed,
     ChannelsError,
     ClosedError,
     ConfigurationError,
@@ -186,14 +187,13 @@ _TABLE: tuple[tuple[type[BaseException] | tuple[type[BaseException], ...], type[
         ConnectionFailed,
     ),
     ((kerr.ConsumerStoppedError,), ClosedError),
+    ((kerr.AuthenticationFailedError, kerr.SaslAuthenticationFailed), AuthenticationFailed),
     (
         (
             kerr.TopicAuthorizationFailedError,
             kerr.GroupAuthorizationFailedError,
             kerr.ClusterAuthorizationFailedError,
-            kerr.AuthenticationFailedError,
             kerr.AuthenticationMethodNotSupported,
-            kerr.SaslAuthenticationFailed,
             kerr.UnsupportedSaslMechanismError,
             kerr.InvalidTopicError,
             kerr.InvalidPartitionsError,
@@ -942,8 +942,12 @@ class KafkaTransport(Transport):
         admin = AIOKafkaAdminClient(**cfg.common())
         try:
             with map_errors(self.url, "connecting"):
-                await producer.start()
-                await admin.start()
+                try:
+                    await producer.start()
+                    await admin.start()
+                except kerr.KafkaConnectionError:
+                    await self._diagnose_bootstrap()
+                    raise
         except BaseException:
             with contextlib.suppress(Exception):
                 await producer.stop()
@@ -951,6 +955,37 @@ class KafkaTransport(Transport):
                 await admin.close()
             raise
         self._producer, self._admin = producer, admin
+
+    async def _diagnose_bootstrap(self) -> None:
+        """Say why bootstrapping failed, when the cause is the login or the certificate.
+
+        aiokafka only logs the cause and raises "Unable to bootstrap"; one more connection
+        to the first bootstrap server, made only after that failure, names it.
+        """
+        cfg = self.config
+        if cfg.security_protocol == "PLAINTEXT":
+            return  # no login, no certificate: "unreachable" is the whole story
+        from aiokafka.conn import create_conn
+
+        host, _, port = cfg.bootstrap[0].rpartition(":")
+        options = {k: v for k, v in cfg.common().items() if k != "bootstrap_servers"}
+        try:
+            conn = await asyncio.wait_for(create_conn(host.strip("[]"), int(port), **options), 10)
+        except (kerr.SaslAuthenticationFailed, kerr.AuthenticationFailedError) as exc:
+            mechanism = cfg.sasl.get("sasl_mechanism", "SASL")
+            raise AuthenticationFailed(
+                f"the broker refused the {mechanism} login of user {cfg.sasl.get('sasl_plain_username')!r}",
+                broker=self.url,
+            ) from exc
+        except ssl.SSLCertVerificationError as exc:
+            raise ConnectionFailed(
+                f"the broker's TLS certificate is not trusted ({exc.verify_message}); "
+                "set ssl_cafile to the CA that signed it",
+                broker=self.url,
+            ) from exc
+        except Exception:
+            return  # unreachable, or something else: the bootstrap error stands
+        conn.close()
 
     async def close(self) -> None:
         for sub in list(self._subs):

@@ -80,6 +80,7 @@ from typing import Any, ClassVar
 
 import aiomqtt
 import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -320,6 +321,13 @@ class MqttTransport(MqttTransportBase):
 
     def _new_link(self, config: LinkConfig) -> Link:
         return AiomqttLink(self.opts, config)
+
+    @staticmethod
+    def connack_code(exc: BaseException) -> int | None:
+        if not isinstance(exc, MqttConnectError):
+            return None
+        rc = exc.rc
+        return rc if isinstance(rc, int) else getattr(rc, "value", None)
 
     def native(self) -> Any:
         """The publisher's ``aiomqtt.Client`` (None while disconnected)."""

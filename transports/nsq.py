@@ -80,6 +80,7 @@ from typing import Any
 
 from channels.capabilities import Capabilities
 from channels.errors import (
+    AuthenticationFailed,
     ClosedError,
     ConfigurationError,
     ConnectionFailed,
@@ -192,8 +193,10 @@ def _raise_for(code: str, text: str, url: BrokerURL, topic: str = "") -> None:
         raise EncodeError(f"nsqd refused the message: {code} {text}", broker=url)
     if code in ("E_BAD_TOPIC", "E_BAD_CHANNEL"):
         raise ConfigurationError(f"nsqd refused the name: {code} {text}", broker=url)
-    if code in ("E_UNAUTHORIZED", "E_AUTH_FAILED", "E_AUTH_DISABLED"):
-        raise ConfigurationError(f"nsqd refused the credentials: {code} {text}", broker=url)
+    if code in ("E_UNAUTHORIZED", "E_AUTH_FAILED"):
+        raise AuthenticationFailed(f"nsqd refused the credentials: {code} {text}", broker=url)
+    if code == "E_AUTH_DISABLED":
+        raise ConfigurationError(f"nsqd does not ask for auth_secret: {code} {text}", broker=url)
     raise NsqError(code, text)
 
 

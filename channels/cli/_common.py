@@ -92,6 +92,13 @@ def add_broker_option(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds to wait for the broker to answer (default: 10)",
     )
+    parser.add_argument(
+        "--wait-for-broker",
+        type=positive_float,
+        default=0.0,
+        metavar="S",
+        help="keep trying for up to S seconds while the broker cannot be reached (default: fail at once)",
+    )
 
 
 def broker_from_env() -> str | None:

@@ -134,8 +134,9 @@ def main(args: argparse.Namespace) -> int:
 async def _bridge(args: argparse.Namespace, pairs: list[tuple[str, str]], redactor: c.Redactor) -> int:
     (src_url, src_name), (dst_url, dst_name) = pairs
     group = args.group or default_group(src_name, dst_name)
-    src_app = App("channels-bridge", broker=src_url, connect_timeout=args.connect_timeout)
-    dst_app = App("channels-bridge", broker=dst_url, connect_timeout=args.connect_timeout)
+    timeouts = {"connect_timeout": args.connect_timeout, "wait_for_broker": args.wait_for_broker}
+    src_app = App("channels-bridge", broker=src_url, **timeouts)
+    dst_app = App("channels-bridge", broker=dst_url, **timeouts)
     if src_name == dst_name and src_app.url == dst_app.url:
         raise ConfigurationError(
             f"bridging {src_name!r} on {src_app.url.redacted()} to itself would forward every message forever"

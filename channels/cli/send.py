@@ -203,7 +203,9 @@ async def _send(args: argparse.Namespace, url_text: str, rest: list[str], redact
     codecs.get_codec(args.codec)  # an unknown codec fails before we connect
     if args.partitions is not None and not args.create:
         raise ConfigurationError("--partitions only applies with --create")
-    app = App("channels-send", broker=url_text, connect_timeout=args.connect_timeout)
+    app = App(
+        "channels-send", broker=url_text, connect_timeout=args.connect_timeout, wait_for_broker=args.wait_for_broker
+    )
     where = f"{topic_name} on {app.url.redacted()}"
     sent = 0
     async with app:

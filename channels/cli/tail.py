@@ -162,7 +162,9 @@ class _Output:
 async def _tail(args: argparse.Namespace, url_text: str, topic_name: str, redactor: c.Redactor) -> int:
     codecs.get_codec(args.codec)  # an unknown codec fails before we connect
     group = args.group or f"channels-tail-{uuid.uuid4().hex[:12]}"
-    app = App("channels-tail", broker=url_text, connect_timeout=args.connect_timeout)
+    app = App(
+        "channels-tail", broker=url_text, connect_timeout=args.connect_timeout, wait_for_broker=args.wait_for_broker
+    )
     output = _Output(args.format)
     received = 0
     started = False

@@ -8,6 +8,7 @@ CI log shows what was observed; the assertions are on what each driver promises.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import subprocess
 import sys
@@ -46,13 +47,57 @@ async def test_broker_down_at_start_fails_within_the_timeout(broker: Broker) -> 
     assert "guest:guest" not in str(info.value)
 
 
-#: Kafka's clients reconnect to the address the broker advertises, not to the proxy.
-CUTTABLE = [b for b in BROKERS.values() if b.name != "kafka"]
+class _Failures(logging.Handler):
+    """Sets ``seen`` when App.start() reports a failed attempt that it will retry."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = asyncio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "trying again" in record.getMessage():
+            self.seen.set()
 
 
-@pytest.mark.parametrize("broker", CUTTABLE, ids=[b.name for b in CUTTABLE])
+@pytest.mark.parametrize("broker", BROKERS.values(), ids=BROKERS.keys())
+async def test_broker_down_at_start_is_waited_for_when_asked(broker: Broker) -> None:
+    port = free_port()
+    app = channels.App("rel-wait", broker=broker.with_port(port), connect_timeout=5, wait_for_broker=90)
+    failures = _Failures()
+    logging.getLogger("channels.app").addHandler(failures)
+    try:
+        starting = asyncio.create_task(app.start())
+        await asyncio.wait_for(failures.seen.wait(), 30)  # the broker is not there yet...
+        assert not starting.done()
+        proxy = await TcpProxy(broker.port, port=port).start()  # ...and now it is
+        came_up = time.monotonic()
+        await asyncio.wait_for(starting, 60)
+        _report(driver=broker.name, connected_after_broker_came_up_s=round(time.monotonic() - came_up, 2))
+        topic = app.topic(_name("wait"), internal=True, group=_name("group"))
+        await asyncio.wait_for(topic.declare(), 30)
+        await asyncio.wait_for(topic.send(value=b"hello"), 30)
+        assert (await topic.get(timeout=30)).value == b"hello"
+    finally:
+        logging.getLogger("channels.app").removeHandler(failures)
+        await asyncio.wait_for(app.stop(), 60)
+    await proxy.cut()
+
+
+def _cuttable_proxy(broker: Broker) -> TcpProxy:
+    """A proxy in front of ``broker`` that a test can cut.
+
+    Kafka clients connect to the address the broker advertises, not to the one they were
+    given: scripts/brokers runs a Kafka listener on 9096 that advertises 9097, where this
+    proxy listens, so every connection of such a client goes through it.
+    """
+    if broker.name == "kafka":
+        return TcpProxy(9096, port=9097)
+    return TcpProxy(broker.port)
+
+
+@pytest.mark.parametrize("broker", BROKERS.values(), ids=BROKERS.keys())
 async def test_send_to_a_cut_off_broker_is_a_bounded_error(broker: Broker) -> None:
-    proxy = await TcpProxy(broker.port).start()
+    proxy = await _cuttable_proxy(broker).start()
     app = channels.App(
         "rel-cut", broker=broker.with_port(proxy.port), connect_timeout=10, close_timeout=10, delivery_timeout=15
     )

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 import channels
-from channels.errors import ChannelsError
+from channels.errors import AuthenticationFailed, ChannelsError
 from tests.security._secured import (
     AUTH_CASES,
     BY_ID,
@@ -169,6 +169,9 @@ async def test_wrong_password_is_a_typed_error_without_the_secret(
     step, error, elapsed = await _attempt(case.url(password=WRONG))
     _check_refused(case.id, step, error, elapsed)
     _assert_secret_free("the logs", _logs(all_logs))
+    # the one error that says "the credentials", on every broker, and that nothing retries
+    assert isinstance(error, AuthenticationFailed), f"{case.id}: {type(error).__name__}: {error}"
+    assert not error.retryable and step == "start", (step, error)
 
 
 @pytest.mark.parametrize("case_id", NO_CA, ids=list(NO_CA))
