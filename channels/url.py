@@ -150,6 +150,15 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
     scheme = scheme.lower()
     if not _SCHEME.match(scheme):
         raise ConfigurationError(f"invalid scheme {scheme!r} in broker URL")
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority = rest[:end]
+    _, colon, port_or_secret = authority.rpartition(":")
+    if colon and "@" not in authority and "@" in rest[end:] and not port_or_secret.isdigit():
+        # "user:pa?ss@host": the password holds a '/', '?' or '#' that ends the host part
+        raise ConfigurationError(
+            f"broker URL {_redact_text(text)!r} is ambiguous: percent-encode '/', '?' and '#' "
+            "in a user name or password (e.g. ? as %3F)"
+        )
     query_text = ""
     if "?" in rest:
         rest, query_text = rest.split("?", 1)
@@ -197,8 +206,10 @@ def _parse_host(part: str, scheme: str) -> tuple[str, int | None]:
     return host, int(port_text)
 
 
+#: user:password@ in the text of a URL that does not parse; the password runs to the last
+#: '@' of the text, so an unencoded '@', '/', '?' or whitespace in it leaves no piece visible
 _USERINFO = re.compile(
-    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)?(?P<user>[^:@/\s]*):(?P<pw>[^@/]*)@"
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)?(?P<user>[^:@/\s]*):(?P<pw>[\s\S]*)@"
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import logging
 import os
 import socket
 import sys
@@ -75,6 +76,39 @@ async def bounded(awaitable: Awaitable[T], seconds: float, what: str) -> T:
     await asyncio.wait({task}, timeout=30)
     print(f"--- {what}: cancelled; finished={task.done()} after {time.monotonic() - started:.1f}s ---", file=sys.stderr)
     raise TimeoutError(f"{what}: not done within {seconds}s")
+
+
+class LogWaiter(logging.Handler):
+    """Counts the records of ``logger`` whose message contains ``text``; ``wait(n)`` awaits
+    the n-th (an event to await instead of a sleep). Use it as a context manager."""
+
+    def __init__(self, logger: str, text: str) -> None:
+        super().__init__(logging.DEBUG)
+        self.logger = logging.getLogger(logger)
+        self.text = text
+        self.count = 0
+        self._changed = asyncio.Event()
+        self._level = self.logger.level
+
+    def __enter__(self) -> LogWaiter:
+        self.logger.addHandler(self)
+        if not self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.setLevel(logging.DEBUG)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self._level)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.text in record.getMessage():
+            self.count += 1
+            self._changed.set()
+
+    async def wait(self, n: int = 1) -> None:
+        while self.count < n:
+            self._changed.clear()
+            await self._changed.wait()
 
 
 def free_port() -> int:

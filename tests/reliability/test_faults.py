@@ -8,7 +8,6 @@ CI log shows what was observed; the assertions are on what each driver promises.
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import pytest
 
 import channels
 from channels.errors import ChannelsError, ConnectionFailed
-from tests.support import BROKERS, Broker, TcpProxy, bounded, free_port
+from tests.support import BROKERS, Broker, LogWaiter, TcpProxy, bounded, free_port
 
 pytestmark = pytest.mark.brokers
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,40 +46,26 @@ async def test_broker_down_at_start_fails_within_the_timeout(broker: Broker) -> 
     assert "guest:guest" not in str(info.value)
 
 
-class _Failures(logging.Handler):
-    """Sets ``seen`` when App.start() reports a failed attempt that it will retry."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.seen = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if "trying again" in record.getMessage():
-            self.seen.set()
-
-
 @pytest.mark.parametrize("broker", BROKERS.values(), ids=BROKERS.keys())
 async def test_broker_down_at_start_is_waited_for_when_asked(broker: Broker) -> None:
     port = free_port()
     app = channels.App("rel-wait", broker=broker.with_port(port), connect_timeout=5, wait_for_broker=90)
-    failures = _Failures()
-    logging.getLogger("channels.app").addHandler(failures)
-    try:
+    with LogWaiter("channels.app", "trying again") as failures:
         starting = asyncio.create_task(app.start())
-        await asyncio.wait_for(failures.seen.wait(), 30)  # the broker is not there yet...
+        await asyncio.wait_for(failures.wait(), 30)  # the broker is not there yet...
         assert not starting.done()
         proxy = await TcpProxy(broker.port, port=port).start()  # ...and now it is
         came_up = time.monotonic()
         await asyncio.wait_for(starting, 60)
         _report(driver=broker.name, connected_after_broker_came_up_s=round(time.monotonic() - came_up, 2))
+    try:
         topic = app.topic(_name("wait"), internal=True, group=_name("group"))
         await asyncio.wait_for(topic.declare(), 30)
         await asyncio.wait_for(topic.send(value=b"hello"), 30)
         assert (await topic.get(timeout=30)).value == b"hello"
     finally:
-        logging.getLogger("channels.app").removeHandler(failures)
         await asyncio.wait_for(app.stop(), 60)
-    await proxy.cut()
+        await proxy.cut()
 
 
 def _cuttable_proxy(broker: Broker) -> TcpProxy:

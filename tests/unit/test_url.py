@@ -84,3 +84,16 @@ def test_malformed_url_errors_do_not_leak_the_password() -> None:
         with pytest.raises(ConfigurationError) as info:
             parse_url(bad)
         assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize("secret", ["pa?ss", "pa/ss", "pa#ss"])
+def test_a_password_with_an_unencoded_delimiter_is_refused_without_showing_it(secret: str) -> None:
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        parse_url(f"kafka://user:{secret}@host:9092?x=1")
+    assert secret not in str(info.value) and "ss@" not in str(info.value)
+
+
+def test_an_at_sign_in_an_option_value_is_not_taken_for_a_password() -> None:
+    for text in ("kafka://host:9092?client_id=me@team", "kafka://host?client_id=me@team"):
+        url = parse_url(text)
+        assert url.option("client_id", "") == "me@team" and url.password is None
