@@ -67,7 +67,13 @@ def _register_unavailable(sub: Any, command: str, missing: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse ends a list of positionals at the first option: `send URL TOPIC --create
+        # VALUE` leaves VALUE over. Positionals given after options join the list.
+        if not isinstance(getattr(args, "args", None), list) or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.args.extend(extra)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

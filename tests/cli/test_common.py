@@ -175,3 +175,27 @@ def test_capability_summary_and_versions() -> None:
     assert package_version("memory") == "built-in"
     assert package_version("amqp").startswith("aio-pika ")
     assert package_version("kafka").startswith("aiokafka ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["send", "memory://", "t", "--create", "hello"],
+        ["send", "memory://", "--create", "t", "hello"],
+        ["send", "--create", "memory://", "t", "hello"],
+    ],
+)
+def test_positionals_may_follow_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from channels.cli.main import main
+
+    assert main(argv) == 0
+    assert "sent 1 message(s) to t" in capsys.readouterr().err
+
+
+def test_an_unknown_option_is_still_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    from channels.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["send", "memory://", "t", "--bogus", "hello"])
+    assert info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
