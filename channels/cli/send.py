@@ -208,58 +208,72 @@ async def _send(args: argparse.Namespace, url_text: str, rest: list[str], redact
     )
     where = f"{topic_name} on {app.url.redacted()}"
     sent = 0
-    async with app:
-        topic = app.topic(
-            topic_name,
-            key_serializer="raw",
-            value_serializer=args.codec,
-            internal=args.create,
-            partitions=args.partitions,
-        )
-        # No group: sending must not create a queue that nobody reads.
-        for spec in topic.specs:
-            await app.transport.declare(spec, None)
-        queue: asyncio.Queue[FutureMessage[Any, Any] | None] = asyncio.Queue(args.window)
-
-        async def feed() -> None:
-            index = 0
-            async for raw in _values(args, value):
-                index += 1
-                obj = None if raw is None else _convert(raw, args.codec, index)
-                fut = topic.send_soon(key=args.key, value=obj, headers=headers, partition=args.partition)
-                await queue.put(fut)
-            await queue.put(None)
-
-        async def settle(counter: c.LiveCounter) -> None:
-            nonlocal sent
-            while (fut := await queue.get()) is not None:
-                md = await fut
-                sent += 1
-                counter.advance()
-                if args.print_metadata:
-                    _print_metadata(md)
-
-        with c.LiveCounter(f"sending to {topic_name}") as counter:
-            tasks = (
-                asyncio.create_task(feed(), name="reading the input"),
-                asyncio.create_task(settle(counter), name="waiting for confirmations"),
+    in_flight: list[FutureMessage[Any, Any]] = []
+    awaited: list[FutureMessage[Any, Any]] = []  # the one settle() waits for
+    try:
+        async with app:
+            topic = app.topic(
+                topic_name,
+                key_serializer="raw",
+                value_serializer=args.codec,
+                internal=args.create,
+                partitions=args.partitions,
             )
-            try:
-                await c.gather_or_fail(*tasks)
-            except BaseException:
-                if sent:
-                    c.note(f"sent {sent} message(s) to {where} before stopping", redactor)
-                raise
-            finally:
-                for task in tasks:
-                    if not task.done():
-                        task.cancel()
-                        with contextlib.suppress(BaseException):
-                            await task
-                while not queue.empty():
-                    item = queue.get_nowait()
-                    if item is not None:
-                        item.future.cancel()
+            # No group: sending must not create a queue that nobody reads.
+            for spec in topic.specs:
+                await app.transport.declare(spec, None)
+            queue: asyncio.Queue[FutureMessage[Any, Any] | None] = asyncio.Queue(args.window)
+
+            async def feed() -> None:
+                index = 0
+                async for raw in _values(args, value):
+                    index += 1
+                    obj = None if raw is None else _convert(raw, args.codec, index)
+                    fut = topic.send_soon(key=args.key, value=obj, headers=headers, partition=args.partition)
+                    await queue.put(fut)
+                await queue.put(None)
+
+            async def settle(counter: c.LiveCounter) -> None:
+                nonlocal sent
+                while (fut := await queue.get()) is not None:
+                    awaited[:] = [fut]
+                    md = await fut
+                    awaited.clear()
+                    sent += 1
+                    counter.advance()
+                    if args.print_metadata:
+                        _print_metadata(md)
+
+            with c.LiveCounter(f"sending to {topic_name}") as counter:
+                tasks = (
+                    asyncio.create_task(feed(), name="reading the input"),
+                    asyncio.create_task(settle(counter), name="waiting for confirmations"),
+                )
+                try:
+                    await c.gather_or_fail(*tasks)
+                finally:
+                    for task in tasks:
+                        if not task.done():
+                            task.cancel()
+                            with contextlib.suppress(BaseException):
+                                await task
+                    # Accepted but not yet confirmed: leaving `async with app` flushes them
+                    # (within the app's close timeout); they are counted below.
+                    in_flight.extend(awaited)
+                    while not queue.empty():
+                        item = queue.get_nowait()
+                        if item is not None:
+                            in_flight.append(item)
+    except BaseException:
+        late = sum(1 for f in in_flight if f.future.done() and not f.future.cancelled() and not f.future.exception())
+        if sent or in_flight:
+            lost = len(in_flight) - late
+            c.note(
+                f"sent {sent + late} message(s) to {where} before stopping"
+                + (f"; {lost} accepted but not confirmed (may or may not have arrived)" if lost else ""),
+                redactor,
+            )
+        raise
     suffix = " (memory:// is in-process: no other process sees them)" if app.url.scheme == "memory" else ""
     c.note(f"sent {sent} message(s) to {where}{suffix}", redactor)
     return c.EXIT_OK
