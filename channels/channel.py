@@ -231,7 +231,15 @@ class Channel(Generic[K, V]):
         )
         root = self._root
         subscribers = root._subscribers
-        if not root._backlog and not headers and all(not sub.queue.full() for sub in subscribers):
+        if (
+            not root._backlog
+            and not headers
+            and (
+                not subscribers[0].queue.full()
+                if len(subscribers) == 1
+                else all(not sub.queue.full() for sub in subscribers)
+            )
+        ):
             # Room everywhere: deliver now, in order, without a task per message.
             offset = root._offset
             root._offset = offset + 1
