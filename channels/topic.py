@@ -70,6 +70,7 @@ class Topic(Channel[K, V]):
         acks: AckPolicy = "auto",
         from_beginning: bool = False,
         on_decode_error: DecodePolicy = "raise",
+        ephemeral: bool = False,
     ) -> None:
         super().__init__(app, key_type=key_type, value_type=value_type, maxsize=maxsize)
         self.app: App = app
@@ -108,6 +109,8 @@ class Topic(Channel[K, V]):
         self.config: dict[str, str] = dict(config or {})
         self.internal = internal
         self.group = group or app.id
+        #: the group exists only while it has members (see SubscriptionSpec.ephemeral)
+        self.ephemeral = ephemeral
         self.acks: AckPolicy = acks
         self.from_beginning = from_beginning
         self.on_decode_error: DecodePolicy = on_decode_error
@@ -164,6 +167,7 @@ class Topic(Channel[K, V]):
             "acks": self.acks,
             "from_beginning": self.from_beginning,
             "on_decode_error": self.on_decode_error,
+            "ephemeral": self.ephemeral,
         }
         names = kwargs.pop("names", self.names)
         options.update(kwargs)
@@ -318,14 +322,16 @@ class Topic(Channel[K, V]):
     # -- declaring ------------------------------------------------------------------------
 
     async def declare(self) -> None:
-        """Create the topic (internal topics) and what keeps messages for our group.
+        """Create the topic (internal topics) and what keeps messages for our group
+        (nothing for an ephemeral group).
 
         For a source topic nothing is created; a missing one raises TopicNotFound where
         the driver can tell.
         """
         transport = self.app.transport
         for spec in self.specs:
-            await transport.declare(spec, self.group)
+            # an ephemeral group gets nothing kept for it before its members arrive
+            await transport.declare(spec, None if self.ephemeral else self.group)
         self._sendable = True
 
     # -- receiving ------------------------------------------------------------------------
@@ -504,6 +510,7 @@ class EventStream(AsyncIterator[Event[K, V]]):
                 pattern=self.topic.pattern,
                 from_beginning=self.from_beginning,
                 prefetch=self.prefetch,
+                ephemeral=self.topic.ephemeral,
             )
             self._sub = await transport.subscribe(spec)
             app._streams.add(self)

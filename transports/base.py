@@ -86,6 +86,10 @@ class SubscriptionSpec:
     from_beginning: bool = False
     #: most messages handed out and not yet acked (the backpressure window)
     prefetch: int = 100
+    #: the group lives only while it has members: the broker keeps nothing for it (queue,
+    #: session, channel, offsets) once the last member is gone, even after a crash, and a
+    #: new member gets only what is sent from then on (``channels tail``, ``doctor``)
+    ephemeral: bool = False
 
 
 class Subscription(abc.ABC):

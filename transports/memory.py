@@ -43,6 +43,8 @@ class _Group:
     members: list[_Member] = field(default_factory=list)
     inflight: dict[int, tuple[int, Message, _Member]] = field(default_factory=dict)
     queued: int = 0
+    #: made by an ephemeral subscription: dropped with what it holds when its last member leaves
+    ephemeral: bool = False
 
     def owner(self, partition: int) -> _Member | None:
         if not self.members:
@@ -66,10 +68,10 @@ class _Topic:
         self.offsets = [0] * self.partitions
         self.round_robin = itertools.cycle(range(self.partitions))
 
-    def group(self, name: str) -> _Group:
+    def group(self, name: str, ephemeral: bool = False) -> _Group:
         group = self.groups.get(name)
         if group is None:
-            group = _Group(self, name, [deque() for _ in range(self.partitions)])
+            group = _Group(self, name, [deque() for _ in range(self.partitions)], ephemeral=ephemeral)
             self.groups[name] = group
         return group
 
@@ -89,7 +91,7 @@ class _Broker:
             self.topics[name] = topic
             for pattern, group, member in self.pattern_members:
                 if pattern.fullmatch(name):
-                    member.join(topic.group(group))
+                    member.join(topic.group(group, member.ephemeral))
         return topic
 
 
@@ -107,9 +109,10 @@ def _broker_for(name: str) -> _Broker:
 
 
 class _Member(Subscription):
-    def __init__(self, broker: _Broker, prefetch: int) -> None:
+    def __init__(self, broker: _Broker, prefetch: int, ephemeral: bool = False) -> None:
         self.broker = broker
         self.prefetch = max(1, prefetch)
+        self.ephemeral = ephemeral
         self.groups: list[_Group] = []
         self.wake = asyncio.Event()
         self.inflight = 0
@@ -197,6 +200,9 @@ class _Member(Subscription):
                 del group.inflight[seq]
             _requeue([(group, partition, message) for _, (partition, message, _) in mine])
             group.wake_all()
+            if group.ephemeral and not group.members and group.topic.groups.get(group.name) is group:
+                del group.topic.groups[group.name]
+                self.broker.space.set()
         self.inflight = 0
         self.groups.clear()
 
@@ -320,16 +326,16 @@ class MemoryTransport(Transport):
 
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
         broker = self.broker
-        member = _Member(broker, spec.prefetch)
+        member = _Member(broker, spec.prefetch, spec.ephemeral)
         for topic_spec in spec.topics:
             topic = broker.topic(topic_spec.name, topic_spec.partitions or self.default_partitions)
-            member.join(topic.group(spec.group))
+            member.join(topic.group(spec.group, spec.ephemeral))
         if spec.pattern is not None:
             pattern = re.compile(spec.pattern)
             broker.pattern_members.append((pattern, spec.group, member))
             for name, topic in list(broker.topics.items()):
                 if pattern.fullmatch(name):
-                    member.join(topic.group(spec.group))
+                    member.join(topic.group(spec.group, spec.ephemeral))
         self._subs.append(member)
         return member
 

@@ -899,6 +899,28 @@ async def publish_after_declare_before_subscribe(c: Context) -> None:
     tally.check(duplicates_allowed=c.duplicates_allowed)
 
 
+@case(timeout=90)
+async def ephemeral_group_keeps_nothing(c: Context) -> None:
+    """An ephemeral group lives only while it has members: its member gets what is sent
+    meanwhile; once the last member left, what is sent is kept for nobody, and a new member
+    of the same group gets only what is sent after it joined (what ``channels tail`` uses)."""
+    app = await c.app()
+    topic = app.topic(c.topic_name(), internal=True, partitions=1, group=c.group_name(), ephemeral=True)
+    await c.bounded(topic.declare(), 30, "declare")
+    first = await c.stream(topic)
+    tally = Tally(ids("a", 10))
+    await c.send(topic, tally.expected)
+    await c.collect(first, tally, what="by the first member")
+    tally.check(duplicates_allowed=c.duplicates_allowed)
+    await c.bounded(first.close(), 30, "closing the only member")
+    await c.send(topic, ids("gone", 10))  # nobody is in the group now: kept for nobody
+    second = await c.stream(topic)
+    later = Tally(ids("b", 10))
+    await c.send(topic, later.expected)
+    await c.collect(second, later, what="by a new member (the messages sent while the group was empty must not come)")
+    later.check(duplicates_allowed=c.duplicates_allowed)
+
+
 @case(timeout=60, requires=("ack",))
 async def cancelled_handler_not_acked(c: Context) -> None:
     """Cancelling a consumer task in the middle of its handler acks nothing: a new member
