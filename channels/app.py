@@ -80,12 +80,25 @@ class App:
         wait_for_broker: float = 0.0,
     ) -> None:
         if not isinstance(id, str) or not id.strip():
-            raise ConfigurationError("an App needs a non-empty id")
+            raise ConfigurationError(f"an App's id must be a non-empty string, not {id!r}")
+        for name, number in (
+            ("connect_timeout", connect_timeout),
+            ("close_timeout", close_timeout),
+            ("delivery_timeout", delivery_timeout),
+        ):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or not number > 0:
+                raise ConfigurationError(f"{name} must be a number of seconds > 0, not {number!r}")
+        for name, count in (("batch_size", batch_size), ("max_buffer", max_buffer)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigurationError(f"{name} must be an int >= 1, not {count!r}")
+        if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int) or retries < 0):
+            raise ConfigurationError(f"retries must be None or an int >= 0, not {retries!r}")
         self.id = id
         self.url = parse_url(_broker_url(broker))
         self.connect_timeout = connect_timeout
         self.close_timeout = close_timeout
-        if not wait_for_broker >= 0:
+        seconds = wait_for_broker
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds >= 0:
             raise ConfigurationError(f"wait_for_broker must be >= 0 seconds, not {wait_for_broker!r}")
         self.wait_for_broker = wait_for_broker
         cls = get_transport_class(self.url.scheme)
@@ -196,7 +209,8 @@ class App:
                     self.undelivered = await self.producer.close(self.close_timeout)
                     if self.undelivered:
                         log.error(
-                            "app %s closed with %d undelivered message(s)",
+                            "app %s closed with %d undelivered message(s): refused, failed or "
+                            "still unsent at close (each send's future holds its error)",
                             self.id,
                             self.undelivered,
                         )

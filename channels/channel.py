@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from channels.errors import ClosedError, ConfigurationError, Timeout
+from channels.errors import ClosedError, ConfigurationError, EncodeError, Timeout
 from channels.events import Event, FutureMessage, Message, PendingMessage, RecordMetadata
 
 if TYPE_CHECKING:
@@ -120,10 +120,25 @@ class Channel(Generic[K, V]):
         if self.app is not None and self.app.closed:
             raise ClosedError(f"app {self.app.id!r} is closed")
 
+    def _check_types(self, key: Any, value: Any) -> None:
+        """``key_type`` / ``value_type`` given as classes are checked, as a Topic's codecs do."""
+        for role, wanted, given in (("key", self.key_type, key), ("value", self.value_type, value)):
+            if wanted is not None and given is not None and isinstance(wanted, type):
+                try:
+                    matches = isinstance(given, wanted)
+                except TypeError:  # a parameterized generic (list[int]): not checked here
+                    continue
+                if not matches:
+                    raise EncodeError(
+                        f"{self.label}: the {role} must be a {wanted.__name__}, not {type(given).__name__}"
+                    )
+
     async def put(self, value: V) -> None:
         """Deliver ``value`` to this channel and its clones (waits while a buffer is full)."""
         if self._closed or (self.app is not None and self.app.closed):
             self._check_open()
+        if self.value_type is not None:
+            self._check_types(None, value)
         root = self._root
         subscribers = root._subscribers
         if len(subscribers) != 1 or root._backlog:
@@ -150,6 +165,7 @@ class Channel(Generic[K, V]):
         value_serializer: Any = None,
     ) -> RecordMetadata:
         self._check_open()
+        self._check_types(key, value)
         root = self._root
         offset = root._offset
         root._offset += 1
@@ -226,6 +242,7 @@ class Channel(Generic[K, V]):
     ) -> FutureMessage[K, V]:
         """Queue a send without waiting; await the returned future for its metadata."""
         self._check_open()
+        self._check_types(key, value)
         fut = self.as_future_message(
             key, value, headers, partition, timestamp, key_serializer, value_serializer
         )

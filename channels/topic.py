@@ -204,6 +204,8 @@ class Topic(Channel[K, V]):
         raw_value = value_codec.dumps(value)
         raw_headers = encode_headers(headers)
         if partition is not None:
+            if not isinstance(partition, int) or isinstance(partition, bool):
+                raise ConfigurationError(f"partition must be an int, not {type(partition).__name__}")
             if not caps.explicit_partitions:
                 raise CapabilityNotSupported(
                     "explicit partitions", driver=type(transport).__name__, broker=self.app.url
@@ -593,14 +595,15 @@ class EventStream(AsyncIterator[Event[K, V]]):
         if policy == "raise":
             return False
         if policy == "dead_letter":
+            # the message as sent (its envelope, where the driver uses one, taken off)
+            sent = exc.raw if exc.raw is not None else message
             dlq = f"{message.topic}.dlq"
-            headers = dict(message.headers)
+            headers = dict(sent.headers)
             headers["channels-error"] = str(exc).encode("utf-8", "replace")
             headers["channels-source-topic"] = message.topic.encode("utf-8")
-            raw_value = message.value
             dead = self.topic.app.topic(dlq, internal=True, value_serializer="raw", key_serializer="raw")
             await dead.maybe_declare()
-            await dead.send(key=message.key, value=raw_value, headers=headers)
+            await dead.send(key=sent.key, value=sent.value, headers=headers)
         log.warning("skipping undecodable message on %s: %s", message.topic, exc)
         assert self._sub is not None
         await self._sub.ack([message])

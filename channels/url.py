@@ -86,10 +86,14 @@ class BrokerURL:
         known = set(allowed)
         unknown = sorted(set(self.query) - known)
         if unknown:
+            # an unknown option may be a misspelt secret one: its value is not shown
+            shown = self._render(
+                "***" if self._password is not None else None, hide_secrets=True, hide=frozenset(unknown)
+            )
             raise ConfigurationError(
                 f"unknown URL option(s) {', '.join(unknown)} for {self.scheme}://; "
                 f"known: {', '.join(sorted(known)) or 'none'}",
-                broker=self,
+                broker=shown,
             )
 
     def _netloc(self, password: str | None) -> str:
@@ -105,11 +109,11 @@ class BrokerURL:
         )
         return auth + hosts
 
-    def _render(self, password: str | None, *, hide_secrets: bool) -> str:
+    def _render(self, password: str | None, *, hide_secrets: bool, hide: frozenset[str] = frozenset()) -> str:
         text = f"{self.scheme}://{self._netloc(password)}{self.path}"
         if self.query:
             text += "?" + "&".join(
-                f"{k}={'***' if hide_secrets and _secret_option(k) else quote(v, safe='')}"
+                f"{k}={'***' if (hide_secrets and _secret_option(k)) or k in hide else quote(v, safe='')}"
                 for k, v in self.query.items()
             )
         return text
@@ -132,7 +136,7 @@ class BrokerURL:
 
 def _secret_option(name: str) -> bool:
     low = name.lower()
-    return any(word in low for word in ("password", "secret", "token", "passphrase"))
+    return any(word in low for word in ("password", "passwd", "pwd", "secret", "token", "passphrase", "credential"))
 
 
 def parse_url(url: str | BrokerURL) -> BrokerURL:
@@ -153,8 +157,12 @@ def parse_url(url: str | BrokerURL) -> BrokerURL:
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     authority = rest[:end]
     _, colon, port_or_secret = authority.rpartition(":")
-    if colon and "@" not in authority and "@" in rest[end:] and not port_or_secret.isdigit():
-        # "user:pa?ss@host": the password holds a '/', '?' or '#' that ends the host part
+    path = rest[end:].split("?", 1)[0] if rest[end:end + 1] == "/" else ""
+    if (colon and "@" not in authority and "@" in rest[end:] and not port_or_secret.isdigit()) or (
+        "@" in authority and "@" in path
+    ):
+        # "user:pa?ss@host" or "user:p@ss/word@host": the password holds a '/', '?' or '#'
+        # that ends the host part
         raise ConfigurationError(
             f"broker URL {_redact_text(text)!r} is ambiguous: percent-encode '/', '?' and '#' "
             "in a user name or password (e.g. ? as %3F)"

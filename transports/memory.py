@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.capabilities import Capabilities
-from channels.errors import ClosedError, Timeout, TopicNotFound
+from channels.errors import ClosedError, ConfigurationError, Timeout, TopicNotFound
 from channels.events import Message, RecordMetadata
 from channels.url import BrokerURL
 from transports.base import Subscription, SubscriptionSpec, TopicSpec, Transport
@@ -280,14 +280,23 @@ class MemoryTransport(Transport):
         if group is not None:
             existing.group(group)
 
-    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata]:
+    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata | BaseException]:
         broker = self.broker
-        results = []
+        results: list[RecordMetadata | BaseException] = []
         for message in messages:
             topic = broker.topic(message.topic, self.default_partitions)
+            if message.partition is not None and not 0 <= message.partition < topic.partitions:
+                results.append(
+                    ConfigurationError(
+                        f"partition {message.partition} does not exist: topic {topic.name!r} has "
+                        f"{topic.partitions} (0-{topic.partitions - 1})",
+                        broker=self.url,
+                    )
+                )
+                continue
             await self._wait_for_room(topic)
             if message.partition is not None:
-                partition = message.partition % topic.partitions
+                partition = message.partition
             elif message.key is not None:
                 partition = zlib.crc32(message.key) % topic.partitions
             else:

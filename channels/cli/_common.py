@@ -121,12 +121,25 @@ def resolve_broker(positional: str | None, option: str | None) -> str:
     return url
 
 
+def _almost_url(text: str) -> bool:
+    """A known scheme followed by ':' but not '://' ("kafka:/host:9092")."""
+    from channels.registry import available_schemes
+
+    scheme, colon, _ = text.partition(":")
+    return bool(colon) and "://" not in text and scheme.lower() in available_schemes()
+
+
 def split_url_and_args(
     positionals: Sequence[str], option: str | None, *, minimum: int, maximum: int, usage: str
 ) -> tuple[str, list[str]]:
     """Split ``[URL] ARG...``: the first positional is the URL when it has a ``scheme://``."""
     args = list(positionals)
     positional_url = args.pop(0) if args and looks_like_url(args[0]) else None
+    if positional_url is None and args and _almost_url(args[0]):
+        # "kafka:/host:9092" or "kafka:host": a URL with a typo, not a topic name
+        raise ConfigurationError(
+            f"{redact(args[0])!r} looks like a broker URL without '://' (e.g. kafka://127.0.0.1:9092)"
+        )
     url = resolve_broker(positional_url, option)
     if not minimum <= len(args) <= maximum:
         raise ConfigurationError(f"expected {usage}")
@@ -238,13 +251,13 @@ _CONTROL.update({ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t", ord("\\")
 
 
 def render_bytes_text(data: bytes | None) -> str:
-    """One-line human text: UTF-8 with control characters escaped, else ``base64:...``."""
+    """One-line human text: UTF-8 with control characters escaped, else ``base64(...)``."""
     if data is None:
         return "(null)"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        return "base64:" + base64.b64encode(data).decode("ascii")
+        return f"base64({base64.b64encode(data).decode('ascii')})"
     return text.translate(_CONTROL)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import re
 import time
 from collections.abc import Sequence
@@ -113,10 +114,16 @@ def split_endpoints(tokens: Sequence[str], default: str | None) -> list[tuple[st
 
 
 def default_group(src: str, dst: str) -> str:
-    def clean(name: str) -> str:
-        return re.sub(r"[^A-Za-z0-9_-]", "_", name)[:60]
+    """A stable group name for a bridge, at most 60 characters (NSQ allows 64)."""
 
-    return f"channels-bridge-{clean(src)}-to-{clean(dst)}"
+    def clean(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9_-]", "_", name)
+
+    name = f"channels-bridge-{clean(src)}-to-{clean(dst)}"
+    if len(name) <= 60:
+        return name
+    digest = hashlib.sha256(f"{src}\0{dst}".encode()).hexdigest()[:10]
+    return f"{name[:49]}-{digest}"
 
 
 def main(args: argparse.Namespace) -> int:

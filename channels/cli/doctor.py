@@ -1,7 +1,7 @@
 """``channels doctor [URL...]``: is each broker reachable, and does a round trip work?
 
 For every URL (all at once, each bounded by ``--timeout``): connect, declare the scratch
-topic ``channels-doctor`` (internal, so it is created if missing) with a fresh group,
+topic ``channels-doctor`` (internal, so it is created if missing) with a fresh, ephemeral group,
 send one message with a key and a header, receive it back, check key, value and header,
 and ack it. The table shows the status, connect time and round-trip latency, the driver
 class, the client library and its version, and the driver's capabilities.
@@ -36,7 +36,7 @@ from typing import Any
 
 from channels.app import App
 from channels.cli import _common as c
-from channels.errors import ChannelsError, ConfigurationError, ConnectionFailed, Timeout
+from channels.errors import AuthenticationFailed, ChannelsError, ConfigurationError, ConnectionFailed, Timeout
 from channels.registry import EXTRAS, get_transport_class
 from channels.url import parse_url
 
@@ -196,6 +196,7 @@ async def check(url_text: str, timeout: float, topic_name: str, redactor: c.Reda
             internal=True,
             group=group,
             acks="manual",
+            ephemeral=True,  # nothing stays behind on the broker for the check's group
         )
         stream = topic.events()
         try:
@@ -227,8 +228,9 @@ async def check(url_text: str, timeout: float, topic_name: str, redactor: c.Reda
         result.error = f"no round trip within {timeout:g}s"
     except Exception as exc:
         if not result.reachable:
-            # ConfigurationError here is the broker refusing us (e.g. bad credentials).
-            result.status = "refused" if isinstance(exc, ConfigurationError) else "unreachable"
+            # the broker turned us away (credentials, or settings it does not accept)
+            refused = isinstance(exc, (AuthenticationFailed, ConfigurationError))
+            result.status = "refused" if refused else "unreachable"
         result.error = redactor.text(c.describe(exc))
     finally:
         with contextlib.suppress(Exception):

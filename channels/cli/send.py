@@ -265,12 +265,15 @@ async def _send(args: argparse.Namespace, url_text: str, rest: list[str], redact
                         if item is not None:
                             in_flight.append(item)
     except BaseException:
-        late = sum(1 for f in in_flight if f.future.done() and not f.future.cancelled() and not f.future.exception())
+        done = [f.future for f in in_flight if f.future.done() and not f.future.cancelled()]
+        late = sum(1 for f in done if f.exception() is None)
+        refused = len(done) - late
+        unknown = len(in_flight) - len(done)
         if sent or in_flight:
-            lost = len(in_flight) - late
             c.note(
                 f"sent {sent + late} message(s) to {where} before stopping"
-                + (f"; {lost} accepted but not confirmed (may or may not have arrived)" if lost else ""),
+                + (f"; {refused} refused (not sent)" if refused else "")
+                + (f"; {unknown} accepted but not confirmed (may or may not have arrived)" if unknown else ""),
                 redactor,
             )
         raise

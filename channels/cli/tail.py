@@ -1,7 +1,8 @@
 """``channels tail [URL] TOPIC``: print messages as they arrive, on any broker.
 
-Tail joins ``--group`` (default: a fresh ``channels-tail-<hex>`` group, so it never takes
-messages from an application's group), prints each message, then acks it. It stops on
+Tail joins ``--group`` (default: a fresh, ephemeral ``channels-tail-<hex>`` group, so it
+never takes messages from an application's group and leaves nothing behind on the
+broker), prints each message, then acks it. It stops on
 Ctrl-C, after ``--count`` messages, or after ``--timeout`` seconds without a message.
 Once it is a member of the group it prints ``listening on TOPIC ...`` to stderr: a message
 sent after that line reaches it (a new group sees older messages only with
@@ -118,7 +119,8 @@ def _text_value(value: Any) -> str:
 
 
 def format_text(message: Message, value: Any) -> str:
-    line = f"{message.topic}[{message.partition}]@{message.offset} "
+    where = message.topic if message.partition is None else f"{message.topic}[{message.partition}]"
+    line = f"{where}@{message.offset} "
     line += f"key={c.render_bytes_text(message.key)}"
     if message.headers:
         pairs = ",".join(
@@ -178,6 +180,8 @@ async def _tail(args: argparse.Namespace, url_text: str, topic_name: str, redact
             group=group,
             acks="manual",
             from_beginning=args.from_beginning,
+            # tail's own group lives only while tail runs: nothing is left on the broker
+            ephemeral=args.group is None,
         )
         stream = topic.events()
         try:

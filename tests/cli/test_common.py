@@ -49,7 +49,7 @@ def test_render_bytes_text() -> None:
     assert c.render_bytes_text("héllo".encode()) == "héllo"
     assert c.render_bytes_text(b"a\nb\tc\x1b[31m\\") == "a\\nb\\tc\\x1b[31m\\\\"
     raw = b"\xff\xfe\x00"
-    assert c.render_bytes_text(raw) == "base64:" + base64.b64encode(raw).decode()
+    assert c.render_bytes_text(raw) == "base64(" + base64.b64encode(raw).decode() + ")"
 
 
 def test_render_bytes_json_round_trips() -> None:
@@ -127,6 +127,9 @@ def test_default_group_is_stable_and_safe() -> None:
     group = default_group("sensors/+/t", "out#1")
     assert group == default_group("sensors/+/t", "out#1")
     assert group == "channels-bridge-sensors___t-to-out_1"
+    long = default_group("orders-events-" + "x" * 40, "orders-events-archive-" + "x" * 40)
+    assert len(long) <= 60 and long == default_group("orders-events-" + "x" * 40, "orders-events-archive-" + "x" * 40)
+    assert long != default_group("orders-events-" + "x" * 40, "orders-events-archive-" + "y" * 40)
 
 
 def test_exit_codes() -> None:
@@ -152,7 +155,7 @@ def test_error_line_is_one_redacted_line() -> None:
 def test_tail_formats() -> None:
     message = Message("orders", b"\xffvalue", b"k\n1", {"h": b"v", "bin": b"\x80"}, 3, 42, 1700000000.5)
     text = format_text(message, message.value)
-    assert text == "orders[3]@42 key=k\\n1 headers={h=v,bin=base64:gA==} base64:/3ZhbHVl"
+    assert text == "orders[3]@42 key=k\\n1 headers={h=v,bin=base64(gA==)} base64(/3ZhbHVl)"
     obj = json.loads(format_json(message, message.value))
     assert obj == {
         "topic": "orders",
@@ -164,7 +167,7 @@ def test_tail_formats() -> None:
         "timestamp": 1700000000.5,
     }
     none = Message("t", None)
-    assert format_text(none, None) == "t[None]@None key=(null) (null)"
+    assert format_text(none, None) == "t@None key=(null) (null)"
     assert json.loads(format_json(none, None))["value"] is None
     assert json.loads(format_json(none, {"a": 1}))["value"] == {"a": 1}
 
@@ -199,3 +202,12 @@ def test_an_unknown_option_is_still_refused(capsys: pytest.CaptureFixture[str]) 
         main(["send", "memory://", "t", "--bogus", "hello"])
     assert info.value.code == 2
     assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("typo", ["kafka:/127.0.0.1:9092", "amqp:guest@host", "MQTT:/h"])
+def test_a_url_without_its_slashes_is_called_a_url_not_a_topic(typo: str) -> None:
+    with pytest.raises(ConfigurationError, match="without '://'"):
+        c.split_url_and_args([typo, "t", "v"], None, minimum=1, maximum=2, usage="[URL] TOPIC [VALUE]")
+    # a topic name with a colon that is no scheme stays a topic name
+    _, rest = c.split_url_and_args(["memory://", "orders:eu", "v"], None, minimum=1, maximum=2, usage="x")
+    assert rest == ["orders:eu", "v"]

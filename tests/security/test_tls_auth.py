@@ -240,6 +240,7 @@ def test_cli_doctor_with_a_wrong_password(case: Secured) -> None:
     _assert_secret_free("channels doctor output", str(proc))
     assert proc.returncode != 0, str(proc)
     assert "***" in proc.stdout, "the report should name the broker with its password redacted"
+    assert '"refused"' in proc.stdout, f"wrong credentials are reported as refused: {proc}"
 
 
 def test_cli_doctor_with_the_right_passwords() -> None:

@@ -91,3 +91,25 @@ def test_authentication_failed_is_a_connection_failure_nothing_retries() -> None
 def test_wait_for_broker_must_be_a_duration(bad: float) -> None:
     with pytest.raises(ConfigurationError, match="wait_for_broker"):
         channels.App("start", wait_for_broker=bad)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"connect_timeout": "x"},
+        {"close_timeout": 0},
+        {"delivery_timeout": True},
+        {"batch_size": 0},
+        {"max_buffer": 1.5},
+        {"retries": -1},
+        {"wait_for_broker": "60"},
+    ],
+)
+def test_bad_app_options_are_configuration_errors(options: dict[str, object]) -> None:
+    with pytest.raises(ConfigurationError, match=next(iter(options))):
+        channels.App("start", **options)  # type: ignore[arg-type]
+
+
+def test_an_app_id_must_be_text() -> None:
+    with pytest.raises(ConfigurationError, match="non-empty string, not 123"):
+        channels.App(123)  # type: ignore[arg-type]

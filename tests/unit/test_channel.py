@@ -83,3 +83,20 @@ async def test_channel_of_closed_app_raises() -> None:
         channel = app.channel()
     with pytest.raises(ClosedError):
         await channel.put(1)
+
+
+async def test_value_and_key_types_are_checked_like_a_topics() -> None:
+    from channels.errors import EncodeError
+
+    channel: channels.Channel[str, int] = channels.Channel(key_type=str, value_type=int)
+    await channel.put(1)
+    await channel.send(key="k", value=2)
+    for bad in (channel.put("x"), channel.send(value="x"), channel.send(key=3, value=1)):
+        with pytest.raises(EncodeError, match="must be a"):
+            await bad
+    with pytest.raises(EncodeError):
+        channel.send_soon(value="x")
+    assert [(await channel.get()).value for _ in range(2)] == [1, 2]
+    assert channel.empty()
+    loose: channels.Channel[None, list[int]] = channels.Channel(value_type=list[int])
+    await loose.put([1])  # parameterized generics are not checked

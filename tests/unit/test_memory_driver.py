@@ -293,3 +293,17 @@ async def test_sending_never_creates_a_source_topic() -> None:
         second = internal.send_soon(value=b"2")
         assert [(await first).offset, (await second).offset] != [None, None]
         assert name in app.transport.native().topics
+
+
+async def test_a_partition_that_does_not_exist_is_refused() -> None:
+    app = channels.App("parts", broker="memory://parts-test?partitions=2")
+    async with app:
+        topic = app.topic(f"p-{uuid.uuid4().hex[:8]}", internal=True, partitions=2)
+        assert (await topic.send(value=b"ok", partition=1)).partition == 1
+        for bad in (2, 99):
+            with pytest.raises(ConfigurationError, match="does not exist"):
+                await topic.send(value=b"x", partition=bad)
+        for wrong in ("0", True, 1.0):
+            with pytest.raises(ConfigurationError, match="partition must be an int"):
+                await topic.send(value=b"x", partition=wrong)
+    assert app.undelivered == 2  # the two the driver refused (the wrong types never left)

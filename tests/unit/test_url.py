@@ -97,3 +97,17 @@ def test_an_at_sign_in_an_option_value_is_not_taken_for_a_password() -> None:
     for text in ("kafka://host:9092?client_id=me@team", "kafka://host?client_id=me@team"):
         url = parse_url(text)
         assert url.option("client_id", "") == "me@team" and url.password is None
+
+
+def test_a_password_with_an_at_sign_and_a_slash_is_refused_without_showing_it() -> None:
+    with pytest.raises(ConfigurationError, match="percent-encode") as info:
+        parse_url("amqp://guest:p@ss/SECRETPW@127.0.0.1:5672/")
+    assert "SECRETPW" not in str(info.value) and "ss/" not in str(info.value)
+
+
+def test_an_unknown_option_is_named_but_its_value_is_not_shown() -> None:
+    url = parse_url("kafka://host:9092?ssl_keyfile_passwd_typo=SECRETPW")
+    with pytest.raises(ConfigurationError, match="ssl_keyfile_passwd_typo") as info:
+        url.check_options(["ssl_cafile"])
+    assert "SECRETPW" not in str(info.value)
+    assert "SECRETPW" not in str(parse_url("kafka://host?ssl_keyfile_passwd=SECRETPW"))
