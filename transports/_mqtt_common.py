@@ -23,6 +23,19 @@ so unacked messages come back when the same slot reconnects (after a crash, a br
 restart or a new stream). A member that leaves while others of its group stay unsubscribes
 first (Mosquitto keeps sending a shared subscription's share to an offline session), and
 the last member to leave makes sure the anchor holds the subscription again.
+
+Ephemeral groups (``SubscriptionSpec.ephemeral``). A member of an ephemeral group is a
+session that lives exactly as long as its connection: a unique client id
+``<client_id>-<digest>-e<random>`` (no slot, so nobody resumes it and no other process
+with the same prefix takes it over), clean start, session expiry 0 (MQTT 3.1.1: clean
+session), no anchor (``declare`` gets no group for it). The broker drops the session, its
+subscription and whatever it held the moment the connection ends, a closed one or a
+crashed process's (at the latest after 1.5 x keepalive when the host vanished), so a group
+with no member connected keeps nothing. Its share name is ``<group>~ephemeral``
+(:data:`EPHEMERAL_SUFFIX`), never the durable group's ``<group>``: joining a durable
+group's shared subscription would split its messages with that group's offline sessions.
+Leaving unsubscribes first (no new messages come during the DISCONNECT), then disconnects
+with expiry 0. Unacked messages of an ephemeral member are not redelivered to anyone.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import hashlib
 import logging
 import re
 import ssl
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -56,6 +70,7 @@ from channels.url import BrokerURL
 from transports.base import Subscription, SubscriptionSpec, TopicSpec, Transport
 
 __all__ = [
+    "EPHEMERAL_SUFFIX",
     "AckQueue",
     "Incoming",
     "Link",
@@ -97,6 +112,9 @@ LARGEST_MESSAGE = MQTT_MAX_PACKET - 1024 * 1024
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 MAX_STRING = 65_535  # bytes of an MQTT UTF-8 string (topic names, property names/values)
 SESSION_TAKEN_OVER = 0x8E
+#: appended to the share name of an ephemeral group (``$share/<group>~ephemeral/<topic>``):
+#: its own shared subscription, apart from the durable group of the same name
+EPHEMERAL_SUFFIX = "~ephemeral"
 #: a session losing its connection this often within FLAP_SECONDS is being fought over
 FLAP_LOSSES = 5
 FLAP_SECONDS = 10.0
@@ -311,8 +329,9 @@ def check_group(group: str) -> None:
         )
 
 
-def share_filter(group: str, topic_filter: str) -> str:
-    return f"$share/{group}/{topic_filter}"
+def share_filter(group: str, topic_filter: str, ephemeral: bool = False) -> str:
+    share = group + EPHEMERAL_SUFFIX if ephemeral else group
+    return f"$share/{share}/{topic_filter}"
 
 
 _META = set(".^$*+?{}[]\\|()")
@@ -636,11 +655,15 @@ class _Leg:
         self.transport = transport
         self.opts = transport.opts
         self.what = what
-        self.filters = [share_filter(group, topic_filter)]
+        #: a session that ends with its connection (see "Ephemeral groups" above)
+        self.ephemeral = sub.spec.ephemeral
+        self.filters = [share_filter(group, topic_filter, self.ephemeral)]
         self.regex = regex
-        self.base = session_base(self.opts, group, what)
+        self.base = session_base(self.opts, group + EPHEMERAL_SUFFIX if self.ephemeral else group, what)
         self.key = (self.opts.host, self.opts.port, self.base)
         self.slot: int | None = None
+        #: an ephemeral member's client id: unique, never resumed (None: a durable member)
+        self.unique_id = f"{self.base}-e{uuid.uuid4().hex[:12]}" if self.ephemeral else None
         self.link: Link | None = None
         self.acks: AckQueue | None = None
         self.reconnect_task: asyncio.Task[None] | None = None
@@ -653,9 +676,14 @@ class _Leg:
 
     @property
     def client_id(self) -> str:
+        if self.unique_id is not None:
+            return self.unique_id
         return f"{self.base}-{self.slot}"
 
     async def start(self) -> None:
+        if self.ephemeral:
+            await self._connect()  # no slot: the session is this member's alone
+            return
         async with _slots().lock(self.key):
             self.slot = _slots().acquire(self.key)
         try:
@@ -667,7 +695,7 @@ class _Leg:
 
     async def _connect(self) -> None:
         opts = self.opts
-        durable = opts.persistent_sessions
+        durable = opts.persistent_sessions and not self.ephemeral
         config = LinkConfig(
             client_id=self.client_id,
             clean_start=not durable,
@@ -690,7 +718,7 @@ class _Leg:
         except BaseException:
             self.link = None
             with contextlib.suppress(Exception):
-                await link.close(keep_session=True)
+                await link.close(keep_session=not self.ephemeral)
             raise
 
     def _on_message(self, link: Link, incoming: Incoming) -> None:
@@ -754,9 +782,12 @@ class _Leg:
     async def _restart(self, link: Link) -> None:
         self.link = None  # its messages' acks are void: the broker resends them
         self.connected.clear()
-        self.sub._drop_buffered(link)
+        if not self.ephemeral:
+            # An ephemeral session is not resumed: nothing comes back, so what is buffered
+            # is still handed out (its acks go nowhere) rather than lost.
+            self.sub._drop_buffered(link)
         with contextlib.suppress(Exception):
-            await link.close(keep_session=True)
+            await link.close(keep_session=not self.ephemeral)
         await self._reconnect()
 
     def _on_lost(self, link: Link, reason: int | None) -> None:
@@ -812,6 +843,9 @@ class _Leg:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.reconnect_task
         link, self.link = self.link, None
+        if self.ephemeral:
+            await self._leave_ephemeral(link)
+            return
         slot = self.slot
         if slot is None:
             return
@@ -839,6 +873,17 @@ class _Leg:
             finally:
                 _slots().release(self.key, slot)
                 self.slot = None
+
+    async def _leave_ephemeral(self, link: Link | None) -> None:
+        """Unsubscribe (no new message is sent to a member on its way out), then DISCONNECT
+        with session expiry 0: the broker keeps nothing of this session. A connection
+        already lost left nothing either (its session expired with it)."""
+        if link is None:
+            return
+        if not link.lost:
+            with contextlib.suppress(Exception):
+                await self.transport._guarded(link.unsubscribe(self.filters), "unsubscribe")
+        await link.close(keep_session=False)
 
 
 class MqttSubscription(Subscription):

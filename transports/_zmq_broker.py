@@ -40,6 +40,16 @@ Acks: the broker keeps every delivered message until the member acks it; a nack 
 requeue, the member leaving, or the member going silent for ``--member-timeout`` seconds
 (clients ping every second) puts it back at the head of its queue, marked redelivered.
 
+Ephemeral groups: a group frame that starts with the byte ``0xFF`` (:data:`EPHEMERAL`,
+never part of UTF-8, so no group name can clash with it) names an ephemeral group: the rest
+of the frame is the UTF-8 name. The broker creates it when its first member subscribes and
+deletes it, with everything it holds (queued and unacked messages), when its last member
+leaves (``UNSUB``), its client is dropped or goes silent for ``--member-timeout`` seconds;
+publishes parked for it are then answered. An ephemeral group and an ordinary group of the
+same name are two separate groups. ``DECLARE`` with an ephemeral group creates only the
+topic (nothing is kept for a group that has no member). A broker older than this marker
+refuses it (``ERR protocol``: the frame is not UTF-8) and creates nothing.
+
 Driver protocol (DEALER -> ROUTER), every request ``[command, request_id, args...]`` is
 answered ``[b"OK" | b"ERR", request_id, ...]``:
 
@@ -48,7 +58,8 @@ answered ``[b"OK" | b"ERR", request_id, ...]``:
   subscribes them again);
 * ``DECLARE topic group internal`` -> ``OK`` or ``ERR notfound topic``;
 * ``PUB *message`` -> ``OK sequence timestamp`` once routed (or ``ERR busy|toolarge``);
-* ``SUB sub_id group prefetch pattern *topics`` / ``UNSUB sub_id`` -> ``OK``;
+* ``SUB sub_id group prefetch pattern *topics`` / ``UNSUB sub_id`` -> ``OK`` (``group``
+  with the ``0xFF`` marker for an ephemeral group, see above);
 * one-way ``ACK sub_id seqs`` and ``NACK sub_id requeue seqs`` (seqs packed ``!q``).
 
 Deliveries are ``[b"MSG", sub_id, seq, *message]``.
@@ -81,6 +92,9 @@ F_NONE = 1
 F_KEY = 2
 F_REDELIVERED = 4
 
+#: first byte of a group frame naming an ephemeral group (not UTF-8: no group name has it)
+EPHEMERAL = b"\xff"
+
 SLOTS = 64
 DEFAULT_PORT = 5560
 FANOUT_OFFSET = 1
@@ -96,6 +110,18 @@ def derived_endpoints(bind: str) -> tuple[str, str]:
         raise ValueError(f"cannot derive ports from {bind!r}; give --fanout and --intake")
     host, port = match.group(1), int(match.group(2))
     return f"{host}:{port + FANOUT_OFFSET}", f"{host}:{port + INTAKE_OFFSET}"
+
+
+def group_frame(name: str, ephemeral: bool = False) -> bytes:
+    """The wire form of a group name (with the ephemeral marker when ``ephemeral``)."""
+    return (EPHEMERAL if ephemeral else b"") + name.encode("utf-8")
+
+
+def parse_group(frame: bytes) -> tuple[str, bool]:
+    """``(name, ephemeral)`` from a group frame (the inverse of :func:`group_frame`)."""
+    if frame.startswith(EPHEMERAL):
+        return frame[len(EPHEMERAL) :].decode("utf-8"), True
+    return frame.decode("utf-8"), False
 
 
 def pack_seqs(seqs: Sequence[int]) -> bytes:
@@ -119,6 +145,8 @@ class _Member:
     client: _Client
     sub_id: bytes
     prefetch: int
+    #: a member of an ephemeral group (on every topic it joins)
+    ephemeral: bool = False
     groups: list[_Group] = field(default_factory=list)
     inflight: dict[int, tuple[_Group, int, _Stored]] = field(default_factory=dict)
 
@@ -134,21 +162,24 @@ class _Group:
     slots: list[deque[_Stored]] = field(default_factory=lambda: [deque() for _ in range(SLOTS)])
     members: list[_Member] = field(default_factory=list)
     queued: int = 0
+    #: lives only while it has members (deleted with what it holds when the last one leaves)
+    ephemeral: bool = False
 
 
 @dataclass(eq=False)
 class _Topic:
     name: str
-    groups: dict[str, _Group] = field(default_factory=dict)
+    #: by (name, ephemeral): an ephemeral group never shares a queue with an ordinary one
+    groups: dict[tuple[str, bool], _Group] = field(default_factory=dict)
     seq: int = 0
     rr: int = 0
     draining: bool = False
     parked: deque[tuple[bytes, bytes, list[bytes]]] = field(default_factory=deque)
 
-    def group(self, name: str) -> _Group:
-        group = self.groups.get(name)
+    def group(self, name: str, ephemeral: bool = False) -> _Group:
+        group = self.groups.get((name, ephemeral))
         if group is None:
-            group = self.groups[name] = _Group(self, name)
+            group = self.groups[(name, ephemeral)] = _Group(self, name, ephemeral=ephemeral)
         return group
 
 
@@ -197,6 +228,7 @@ class ZmqBroker:
             "fanout_dropped": 0,
             "intake_dropped": 0,
             "unrouted": 0,
+            "ephemeral_deleted": 0,
         }
         self._running = False
         self.ctx: zmq.Context[Any] | None = None
@@ -342,36 +374,38 @@ class ZmqBroker:
             topic = self.topics[name] = _Topic(name)
             for pattern, group, member in self.patterns:
                 if pattern.fullmatch(name):
-                    self._join(member, topic.group(group))
+                    self._join(member, topic.group(group, member.ephemeral))
         return topic
 
     def _declare(self, identity: bytes, req: bytes, args: list[bytes]) -> None:
         name = args[0].decode()
-        group = args[1].decode()
+        group, ephemeral = parse_group(args[1])
         internal = args[2] == b"1"
         if not internal and name not in self.topics:
             self._reply(identity, b"ERR", req, b"notfound", args[0])
             return
         topic = self._topic(name)
-        if group:
+        if group and not ephemeral:  # nothing is kept for an ephemeral group without members
             topic.group(group)
         self._reply(identity, b"OK", req)
 
     def _subscribe(self, client: _Client, req: bytes, args: list[bytes]) -> None:
-        sub_id, group, prefetch, pattern = args[0], args[1].decode(), int(args[2]), args[3]
+        sub_id, prefetch, pattern = args[0], int(args[2]), args[3]
+        group, ephemeral = parse_group(args[1])
+        topics = [raw.decode() for raw in args[4:]]
+        compiled = re.compile(pattern.decode()) if pattern else None
         old = client.members.pop(sub_id, None)
         if old is not None:
             self._remove_member(old)
-        member = _Member(client, sub_id, max(1, prefetch))
+        member = _Member(client, sub_id, max(1, prefetch), ephemeral)
         client.members[sub_id] = member
-        for raw in args[4:]:
-            self._join(member, self._topic(raw.decode()).group(group), dispatch=False)
-        if pattern:
-            compiled = re.compile(pattern.decode())
+        for name in topics:
+            self._join(member, self._topic(name).group(group, ephemeral), dispatch=False)
+        if compiled is not None:
             self.patterns.append((compiled, group, member))
             for name, topic in list(self.topics.items()):
                 if compiled.fullmatch(name):
-                    self._join(member, topic.group(group), dispatch=False)
+                    self._join(member, topic.group(group, ephemeral), dispatch=False)
         self._reply(client.identity, b"OK", req)
         for g in member.groups:
             self._dispatch(g)
@@ -427,7 +461,7 @@ class ZmqBroker:
         self.stats["published"] += 1
         if not topic.groups:
             self.stats["unrouted"] += 1
-        for group in topic.groups.values():
+        for group in list(topic.groups.values()):  # a dispatch may drop a client (and a group)
             group.slots[slot].append(_Stored(topic.name, frames, seq))
             group.queued += 1
             self._dispatch(group)
@@ -570,7 +604,30 @@ class ZmqBroker:
         member.groups.clear()
         self._requeue(entries)
         for group in groups:
-            self._dispatch(group)
+            if group.ephemeral and not group.members:
+                self._delete_group(group)
+            else:
+                self._dispatch(group)
+
+    def _delete_group(self, group: _Group) -> None:
+        """Forget an ephemeral group and what it holds; answer publishes it held back."""
+        topic = group.topic
+        key = (group.name, group.ephemeral)
+        if topic.groups.get(key) is not group:
+            return
+        del topic.groups[key]
+        self.stats["ephemeral_deleted"] += 1
+        log.debug(
+            "ephemeral group %r of topic %r deleted with %d message(s)",
+            group.name,
+            topic.name,
+            group.queued,
+        )
+        for queue in group.slots:
+            queue.clear()
+        group.queued = 0
+        if topic.parked:
+            self._drain_parked(topic)
 
     def _drop_client(self, identity: bytes) -> None:
         client = self.clients.pop(identity, None)

@@ -17,6 +17,9 @@ Mapping
     send       persistent delivery mode, publisher confirms: ``publish`` returns once the
                broker confirmed (for durable queues: written to disk)
     backpressure  ``basic.qos(prefetch_count=prefetch)`` per subscription
+    ephemeral  a group of ``SubscriptionSpec.ephemeral``: a queue ``<topic>.<group>.ephemeral``
+               (classic, durable, ``auto_delete``, ``x-expires``), declared and bound by
+               each member just before it consumes, never by ``declare``; see below
 
 Headers from foreign producers: every AMQP field type arrives as bytes, by one rule:
 byte arrays as they are; strings UTF-8 (a long string that is not UTF-8: its raw bytes);
@@ -39,6 +42,7 @@ URL options
     mandatory           ``true`` (default): a message no queue is bound for is returned by
                         the broker and ``publish`` raises :class:`Unroutable`; ``false``:
                         such messages are dropped by the broker silently, as AMQP does
+                        (not raised for topics this transport had ephemeral members on)
     queue_type          ``classic`` (default) or ``quorum``: the type of group queues
     max_message_size    bytes of key + value + headers accepted (default 16 MiB; RabbitMQ's
                         own default limit is 128 MiB)
@@ -71,6 +75,22 @@ when the broker cancels its consumer, e.g. because its queue was deleted).
 Messages received on the lost channel and not yet acked are redelivered by the broker;
 acking them afterwards does nothing. Publishing waits up to ``connection_timeout`` for
 the connection and fails with ``ConnectionFailed`` (retryable) after that.
+
+Ephemeral groups (``SubscriptionSpec.ephemeral``, e.g. ``channels tail``): the group's queue
+is ``<topic>.<group>.ephemeral``, so it never clashes with the durable queue of a lasting
+group of the same name (both can exist side by side, each getting every message). It is
+declared ``auto_delete``: RabbitMQ deletes it, with what it holds, when its last consumer
+goes -- a closed stream, a closed channel or connection, a process that died (the socket
+closes, or the heartbeat times out). It is durable, not transient, because RabbitMQ 4
+deprecates (4.3 refuses) non-exclusive transient queues; the ``x-expires`` argument
+(:data:`EPHEMERAL_EXPIRES_MS`, 30 s without a consumer; a topic's ``config`` ``x-expires``
+replaces it) removes it even when auto-delete never fires: a member that died between
+declaring and consuming, or a queue recovered by a broker restart after its members were
+gone. It is always a classic queue (quorum queues cannot auto-delete). While the group has
+no member no queue is bound, so a message sent then is kept for nobody (with the default
+``mandatory=true`` its send fails with :class:`Unroutable`, as for any topic without a
+group). A member that loses its channel or connection finds the queue gone and
+declares it again: what was sent in between is lost, as for any new member.
 
 Timestamps travel as AMQP timestamps, which have whole-second resolution.
 """
@@ -115,7 +135,7 @@ from channels.events import Message, RecordMetadata
 from channels.url import BrokerURL
 from transports.base import Subscription, SubscriptionSpec, TopicSpec, Transport, translate_errors
 
-__all__ = ["AmqpTransport", "Unroutable", "header_bytes"]
+__all__ = ["EPHEMERAL_EXPIRES_MS", "EPHEMERAL_SUFFIX", "AmqpTransport", "Unroutable", "header_bytes"]
 
 log = logging.getLogger("channels.transports.amqp")
 
@@ -152,6 +172,17 @@ _FIELD_NAME = 128
 _MAX_HEADER_BYTES = 120 * 1024
 _ACK_TIMEOUT = 5.0
 _CLOSE_TIMEOUT = 5.0
+
+#: the queue of an ephemeral group is ``<topic>.<group>`` + this
+EPHEMERAL_SUFFIX = ".ephemeral"
+#: ``x-expires`` of an ephemeral group's queue: deleted after this long without a consumer
+#: (the safety net under ``auto_delete``)
+EPHEMERAL_EXPIRES_MS = 30_000
+#: queue arguments a quorum queue needs; an ephemeral (classic, auto-delete) queue drops them
+_QUORUM_ARGUMENTS = ("x-queue-type", "x-quorum-initial-group-size")
+#: tries of declare + consume of an ephemeral queue that another member's leaving deleted
+#: in between (the consume fails with NOT_FOUND)
+_EPHEMERAL_TRIES = 5
 
 
 class Unroutable(ChannelsError):
@@ -253,6 +284,8 @@ class _GroupQueue:
     queue: str
     arguments: dict[str, Any]
     binding_key: str
+    #: an ephemeral group's queue: auto-delete with x-expires, declared by its members
+    ephemeral: bool = False
 
 
 class AmqpTransport(Transport):
@@ -323,6 +356,7 @@ class AmqpTransport(Transport):
         self._pub: AbstractChannel | None = None
         self._pub_lock = asyncio.Lock()
         self._exchanges: set[str] = set()
+        #: topics this transport had ephemeral members on: returned messages are no error
         self._subs: set[_Consumer] = set()
         #: how many times the connection was opened (tests read it)
         self.connections_opened = 0
@@ -351,14 +385,15 @@ class AmqpTransport(Transport):
                 f"topic name {name!r}: names starting with 'amq.' are reserved by RabbitMQ"
             )
 
-    def _group_queue(self, topic: TopicSpec, group: str) -> _GroupQueue:
+    def _group_queue(self, topic: TopicSpec, group: str, ephemeral: bool = False) -> _GroupQueue:
         self.validate_topic_name(topic.name)
         if not group:
             raise ConfigurationError("a group name must not be empty", broker=self.url)
-        queue = f"{topic.name}.{group}"
+        queue = f"{topic.name}.{group}{EPHEMERAL_SUFFIX if ephemeral else ''}"
         if len(queue.encode("utf-8")) > _SHORTSTR:
+            form = f"<topic>.<group>{EPHEMERAL_SUFFIX}" if ephemeral else "<topic>.<group>"
             raise ConfigurationError(
-                f"queue name {queue[:40]!r}... (<topic>.<group>) is longer than {_SHORTSTR} bytes",
+                f"queue name {queue[:40]!r}... ({form}) is longer than {_SHORTSTR} bytes",
                 broker=self.url,
             )
         if topic.compacting:
@@ -385,7 +420,12 @@ class AmqpTransport(Transport):
                     "or 'binding_key'",
                     broker=self.url,
                 )
-        return _GroupQueue(topic, group, queue, arguments, binding_key)
+        if ephemeral:
+            # classic (quorum queues cannot auto-delete), and gone after a while unused
+            arguments = {"x-expires": EPHEMERAL_EXPIRES_MS} | {
+                k: v for k, v in arguments.items() if k not in _QUORUM_ARGUMENTS or k in topic.config
+            }
+        return _GroupQueue(topic, group, queue, arguments, binding_key, ephemeral)
 
     # -- connection --------------------------------------------------------------------
 
@@ -660,7 +700,7 @@ class AmqpTransport(Transport):
             )
         if not spec_.topics:
             raise ConfigurationError("a subscription needs at least one topic", broker=self.url)
-        queues = [self._group_queue(topic, spec_.group) for topic in spec_.topics]
+        queues = [self._group_queue(topic, spec_.group, spec_.ephemeral) for topic in spec_.topics]
         consumer = _Consumer(self, queues, self.prefetch or max(1, spec_.prefetch))
         await consumer.start()
         self._subs.add(consumer)
@@ -704,10 +744,27 @@ class _Consumer(Subscription):
         )
 
     async def _setup(self) -> None:
+        for attempt in range(1, _EPHEMERAL_TRIES + 1):
+            try:
+                await self._setup_once()
+                return
+            except amqp_errors.ChannelNotFoundEntity as exc:
+                # an ephemeral queue we had just declared was deleted before we consumed
+                # (its last member left in between): declare it again
+                if attempt == _EPHEMERAL_TRIES:
+                    raise ConnectionFailed(
+                        f"consume: the queue vanished {attempt} times: {exc}", broker=self.transport.url
+                    ) from exc
+                log.debug("an ephemeral queue vanished before consuming (%s); again", exc)
+
+    async def _setup_once(self) -> None:
         transport = self.transport
         conn = await transport._connection()
         for queue in self.queues:
-            await transport._declare(conn, queue.topic, queue)
+            # an ephemeral queue is declared on the consuming channel, just before
+            # basic.consume: one that exists without a consumer is soon deleted
+            await transport._declare(conn, queue.topic, None if queue.ephemeral else queue)
+        vanished: amqp_errors.ChannelNotFoundEntity | None = None
         with transport._errors("consume"):
             channel = await conn.channel(publisher_confirms=False)
             # Deliveries can arrive before the last basic.consume returns: the channel is
@@ -718,14 +775,31 @@ class _Consumer(Subscription):
                 underlay = await channel.get_underlay_channel()
                 underlay.on_consumer_cancel_callbacks.add(self._cancelled_by_broker(channel))
                 for queue in self.queues:
-                    await underlay.basic_consume(
-                        queue.queue, self._callback(channel, queue.topic.name), no_ack=False
-                    )
+                    if queue.ephemeral:
+                        declared = await channel.declare_queue(
+                            queue.queue, durable=True, auto_delete=True, arguments=queue.arguments
+                        )
+                        await declared.bind(queue.topic.name, routing_key=queue.binding_key)
+                    try:
+                        await underlay.basic_consume(
+                            queue.queue, self._callback(channel, queue.topic.name), no_ack=False
+                        )
+                    except amqp_errors.ChannelNotFoundEntity as exc:
+                        if not queue.ephemeral:
+                            raise
+                        vanished = exc
+                        break
             except BaseException:
                 self._channel = None
                 with contextlib.suppress(Exception):
                     await _bounded(channel.close(), _CLOSE_TIMEOUT)
                 raise
+            if vanished is not None:
+                self._channel = None
+                with contextlib.suppress(Exception):
+                    await _bounded(channel.close(), _CLOSE_TIMEOUT)
+        if vanished is not None:
+            raise vanished  # untranslated: _setup tries again
         if self._closed:
             self._channel = None
             with contextlib.suppress(Exception):

@@ -62,6 +62,11 @@ Mosquitto keeps handing an offline member's session its share of a shared subscr
 member that leaves while others stay therefore unsubscribes, and whatever the broker had
 already queued for it waits until a member uses that slot again.
 
+Ephemeral groups (``ephemeral=True``): every member is a session of its own (unique client
+id ``<client_id>-<digest>-e<random>``, clean start, session expiry 0, no anchor) on the
+shared subscription ``$share/<group>~ephemeral/<topic>``; the broker drops it with whatever
+it held when its connection ends (closed or crashed), so an empty group keeps nothing.
+
 QoS 2 with paho: PUBREC goes out on receipt and PUBCOMP after the ack; after a PUBREC the
 broker never resends the message, and paho keeps it in memory only, so an unacked QoS 2
 message is lost when its session's connection ends. With ``qos=2`` this driver therefore

@@ -25,6 +25,13 @@ broker's sequence number within the topic (partition None). ``subscribe`` return
 broker registered the member (no slow-joiner loss). ``declare(topic, group)`` creates the
 group's queue in the broker, so later messages wait there for the group.
 
+Ephemeral groups (``spec.ephemeral``): the group frame of ``SUB`` carries the broker's
+ephemeral marker (see ``transports._zmq_broker``). The broker creates the group with its
+first member and deletes it, with what it holds, when the last member leaves: on
+``close()`` (``UNSUB``), or ``--member-timeout`` seconds after its process died or went
+silent. It is a separate group from an ordinary group of the same name. A broker older than
+the marker refuses such a subscription (``CapabilityNotSupported``) and keeps nothing.
+
 Capabilities: consumer groups, fan-out groups, per-key ordering, native headers and keys,
 patterns, topic check (a topic exists once declared internal, subscribed to or published
 to), and acks: the broker keeps each delivered message until it is acked, puts it back on
@@ -55,6 +62,7 @@ import zmq.asyncio
 
 from channels.capabilities import Capabilities
 from channels.errors import (
+    CapabilityNotSupported,
     ChannelsError,
     ClosedError,
     ConfigurationError,
@@ -72,6 +80,7 @@ from transports._zmq_broker import (
     F_REDELIVERED,
     META,
     SEQ,
+    group_frame,
     pack_seqs,
 )
 from transports.base import Subscription, SubscriptionSpec, TopicSpec, Transport, translate_errors
@@ -363,14 +372,26 @@ class ZmqTransport(Transport):
 
     async def _join(self, sub: _ZmqSubscription) -> None:
         spec = sub.spec
-        await self._request(
-            b"SUB",
-            sub.sub_id,
-            spec.group.encode("utf-8"),
-            str(max(1, spec.prefetch)).encode(),
-            (spec.pattern or "").encode("utf-8"),
-            *(t.name.encode("utf-8") for t in spec.topics),
-        )
+        try:
+            await self._request(
+                b"SUB",
+                sub.sub_id,
+                group_frame(spec.group, spec.ephemeral),
+                str(max(1, spec.prefetch)).encode(),
+                (spec.pattern or "").encode("utf-8"),
+                *(t.name.encode("utf-8") for t in spec.topics),
+            )
+        except ChannelsError as exc:
+            if spec.ephemeral and isinstance(exc, _Refused) and exc.code == b"protocol":
+                # a broker from before ephemeral groups: it refused and created nothing
+                raise CapabilityNotSupported(
+                    "ephemeral groups",
+                    f"the zmq broker at {self.endpoint} predates them; run a newer "
+                    "`channels zmq-broker`",
+                    driver=type(self).__name__,
+                    broker=self.url,
+                ) from exc
+            raise
 
     # -- the contract ----------------------------------------------------------------------
 
@@ -536,4 +557,14 @@ def _broker_error(code: bytes, text: str, transport: ZmqTransport) -> ChannelsEr
         return MessageTooLarge(0, limit, broker=transport.url)
     if code == b"busy":
         return Timeout(f"zmq broker busy: {text}", broker=transport.url)
-    return ChannelsError(f"zmq broker refused: {code.decode()} {text}", broker=transport.url)
+    return _Refused(code, text, transport)
+
+
+class _Refused(ChannelsError):
+    """The broker answered ``ERR code text`` with a code the portable layer has no class for."""
+
+    def __init__(self, code: bytes, text: str, transport: ZmqTransport) -> None:
+        super().__init__(
+            f"zmq broker refused: {code.decode('utf-8', 'replace')} {text}", broker=transport.url
+        )
+        self.code = code

@@ -5,7 +5,8 @@ type rule, capabilities and redaction without a broker; and against the RabbitMQ
 scripts/brokers: the exchange/queue layout, bytes fidelity of headers and keys, None versus
 b"", foreign header types, source topics, unroutable messages, publishing to a missing
 exchange, nack/reject, the prefetch window, cancelling ``receive``, acks after the channel
-died, reconnecting after the connection drops and after a broker restart.
+died, reconnecting after the connection drops and after a broker restart, ephemeral groups
+(their auto-delete queue is gone once the last member left or its process died).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import decimal
 import os
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -38,7 +40,7 @@ from channels.errors import (
 from channels.events import Message
 from channels.url import parse_url
 from tests.support import TcpProxy
-from transports.amqp import AmqpTransport, Unroutable, header_bytes
+from transports.amqp import EPHEMERAL_EXPIRES_MS, AmqpTransport, Unroutable, header_bytes
 from transports.base import SubscriptionSpec, TopicSpec
 
 URL = os.environ.get(
@@ -145,6 +147,20 @@ def test_group_queue_name_and_arguments() -> None:
         t._group_queue(TopicSpec("orders", compacting=True), "g")
     with pytest.raises(ConfigurationError):
         t._group_queue(TopicSpec("o" * 200), "g" * 60)
+
+
+def test_ephemeral_group_queue_name_and_arguments() -> None:
+    t = AmqpTransport(parse_url(URL + "?queue_type=quorum"))
+    spec = TopicSpec("orders", internal=True, retention=1.5, replicas=3, config={"x-max-length": "10"})
+    queue = t._group_queue(spec, "tail", ephemeral=True)
+    # its own name (a lasting group "tail" keeps "orders.tail"), always classic, expires
+    assert (queue.queue, queue.ephemeral) == ("orders.tail.ephemeral", True)
+    assert queue.arguments == {"x-expires": EPHEMERAL_EXPIRES_MS, "x-message-ttl": 1500, "x-max-length": 10}
+    own = t._group_queue(TopicSpec("orders", config={"x-expires": "5000"}), "tail", ephemeral=True)
+    assert own.arguments == {"x-expires": 5000}
+    assert not t._group_queue(spec, "tail").ephemeral
+    with pytest.raises(ConfigurationError, match="ephemeral"):
+        t._group_queue(TopicSpec("o" * 200), "g" * 50, ephemeral=True)
 
 
 def test_header_type_rule() -> None:
@@ -635,3 +651,157 @@ async def test_broker_gone_publish_fails_retryable_and_close_is_bounded(broker: 
     assert time.monotonic() - started < 10
     with pytest.raises(ClosedError):
         await transport.publish([Message(topic, b"after close")])
+
+
+# -- ephemeral groups ---------------------------------------------------------------------
+
+_EPHEMERAL_MEMBER = """
+import asyncio, sys
+from channels.url import parse_url
+from transports.amqp import AmqpTransport
+from transports.base import SubscriptionSpec, TopicSpec
+
+async def main() -> None:
+    transport = AmqpTransport(parse_url(sys.argv[1]))
+    await transport.connect()
+    spec = TopicSpec(sys.argv[2], internal=True)
+    await transport.declare(spec, None)
+    await transport.subscribe(SubscriptionSpec((spec,), sys.argv[3], ephemeral=True))
+    print("joined", flush=True)
+    await asyncio.Event().wait()  # until killed
+
+asyncio.run(main())
+"""
+
+
+async def gone(broker: Broker, queue: str, timeout: float = 15.0) -> None:
+    """The queue no longer exists (passive declare fails), within ``timeout``: RabbitMQ
+    deletes an auto-delete queue asynchronously, and tells nobody, so we look."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while await broker.exists("queue", queue):
+        assert loop.time() < deadline, f"queue {queue} still exists after {timeout}s"
+        await asyncio.sleep(0.1)
+
+
+@needs_broker
+@pytest.mark.timeout(90)
+async def test_ephemeral_group_queue_is_gone_after_its_last_member(
+    transport: AmqpTransport, broker: Broker
+) -> None:
+    topic, group = name("eph"), name("g")
+    queue = f"{topic}.{group}.ephemeral"
+    broker.track(topic, group)  # the lasting group of the same name, made below
+    broker.queues.append(queue)  # in case the test fails before it is gone
+    spec = TopicSpec(topic, internal=True)
+    await transport.declare(spec, group)  # a lasting group with the same name: no clash
+    ephemeral = SubscriptionSpec((spec,), group, prefetch=10, ephemeral=True)
+    first = await transport.subscribe(ephemeral)
+    second = await transport.subscribe(ephemeral)
+    assert await broker.exists("queue", queue)
+    # durable, auto-delete, x-expires: declaring it otherwise is refused
+    channel = await broker.channel()
+    await channel.declare_queue(
+        queue, durable=True, auto_delete=True, arguments={"x-expires": EPHEMERAL_EXPIRES_MS}
+    )
+    await channel.close()
+    refused: list[tuple[bool, bool, Any]] = [
+        (True, False, {"x-expires": EPHEMERAL_EXPIRES_MS}),
+        (False, True, {"x-expires": EPHEMERAL_EXPIRES_MS}),
+        (True, True, None),
+    ]
+    for durable, auto_delete, arguments in refused:
+        channel = await broker.channel()
+        with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+            await channel.declare_queue(queue, durable=durable, auto_delete=auto_delete, arguments=arguments)
+    # the two members share the group's queue: each message goes to one of them
+    await transport.publish([Message(topic, b"%d" % i) for i in range(6)])
+    got: list[Message] = []
+    all_there = asyncio.Event()
+
+    async def drain(sub: Any) -> None:
+        while True:
+            batch = await sub.receive(6)
+            await sub.ack(batch)
+            got.extend(batch)
+            if len(got) >= 6:
+                all_there.set()
+
+    drains = [asyncio.create_task(drain(sub)) for sub in (first, second)]
+    try:
+        await asyncio.wait_for(all_there.wait(), 15)
+    finally:
+        for task in drains:
+            task.cancel()
+        await asyncio.gather(*drains, return_exceptions=True)
+    assert sorted(m.value or b"" for m in got) == [b"%d" % i for i in range(6)]
+    await first.close()
+    assert await broker.exists("queue", queue)  # one member is left
+    await transport.publish([Message(topic, b"held")])  # sits unacked with the last member
+    [held] = await receive_n(second, 1)
+    await second.close()
+    await gone(broker, queue)  # with what it held
+    # the lasting group of the same name kept everything, untouched
+    channel = await broker.channel()
+    durable_queue = await channel.declare_queue(f"{topic}.{group}", passive=True)
+    assert durable_queue.declaration_result.message_count == 7
+    await channel.close()
+    # a new member starts empty: the held message died with the old queue
+    third = await transport.subscribe(ephemeral)
+    await transport.publish([Message(topic, b"new")])
+    [new] = await receive_n(third, 1)
+    assert new.value == b"new" and not new.redelivered and held.value == b"held"
+    await third.close()
+    await gone(broker, queue)
+
+
+@needs_broker
+@pytest.mark.timeout(60)
+async def test_ephemeral_group_queue_is_gone_when_its_member_process_dies(broker: Broker) -> None:
+    topic, group = name("ephkill"), name("g")
+    queue = f"{topic}.{group}.ephemeral"
+    broker.track(topic)
+    broker.queues.append(queue)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _EPHEMERAL_MEMBER, URL, topic, group,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"joined"
+        assert await broker.exists("queue", queue)
+    finally:
+        proc.kill()  # no close, no goodbye: the socket just closes
+        await asyncio.wait_for(proc.wait(), 10)
+    await gone(broker, queue)
+
+
+@needs_broker
+@pytest.mark.timeout(60)
+async def test_ephemeral_group_without_members_keeps_nothing_and_says_so(broker: Broker) -> None:
+    topic, group = name("ephdrop"), name("g")
+    queue = f"{topic}.{group}.ephemeral"
+    broker.track(topic)
+    broker.queues.append(queue)
+    # queue_type=quorum: an ephemeral group's queue is a classic one all the same
+    member_side = AmqpTransport(parse_url(URL + "?queue_type=quorum"))
+    other = AmqpTransport(parse_url(URL))
+    await member_side.connect()
+    await other.connect()
+    try:
+        spec = TopicSpec(topic, internal=True)
+        await member_side.declare(spec, None)
+        sub = await member_side.subscribe(SubscriptionSpec((spec,), group, ephemeral=True))
+        assert len(await other.publish([Message(topic, b"seen")])) == 1
+        [seen] = await receive_n(sub, 1)
+        assert seen.value == b"seen"
+        await sub.close()
+        await gone(broker, queue)
+        # kept for nobody, and with the default mandatory flag every producer is told so
+        for producer in (member_side, other):
+            with pytest.raises(Unroutable):
+                await producer.publish([Message(topic, b"nobody")])
+    finally:
+        await member_side.close()
+        await other.close()

@@ -5,7 +5,8 @@ options, redaction, topic names, property mapping, pattern filters, the in-order
 without a broker, and against the real Mosquitto of scripts/brokers, for both drivers:
 properties fidelity, publish-after-declare (the anchor session), PUBACK held back until
 every earlier message was acked, redelivery to a restarted member, competing members and
-groups, patterns, MQTT 3.1.1 with the envelope, QoS 0 and 2, and a broker restart.
+groups, patterns, MQTT 3.1.1 with the envelope, QoS 0 and 2, ephemeral groups leaving no
+session behind (closed, or killed), and a broker restart.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import pathlib
+import signal
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -35,7 +39,9 @@ from channels.events import Message
 from channels.url import parse_url
 from tests.support import LogWaiter
 from transports._mqtt_common import (
+    EPHEMERAL_SUFFIX,
     AckQueue,
+    LinkConfig,
     MqttSubscription,
     decode_properties,
     encode_properties,
@@ -46,6 +52,7 @@ from transports.gmqtt import GmqttTransport
 from transports.mqtt import MqttTransport
 
 URL = os.environ.get("CHANNELS_TEST_MQTT_URL", "mqtt://127.0.0.1:1883")
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 HOSTPORT = URL.split("://", 1)[1].split("?", 1)[0].rstrip("/")
 #: sessions of these tests expire after 10 minutes, so leftovers do not pile up in the broker
 URLS = {
@@ -529,6 +536,113 @@ async def test_unacked_message_does_not_stall_the_session(scheme: str, apps: lis
             if event.value != b"00" or seen.count(b"00") > 1:
                 await event.ack()
     assert seen.count(b"00") == 2  # the unacked one came back once
+
+
+# -- ephemeral groups ----------------------------------------------------------------------
+
+
+async def _session_present(scheme: str, client_id: str) -> bool:
+    """Connect as ``client_id`` with clean start off: did the broker still hold a session?
+
+    The probe's own session expires with it (expiry 0), so it also removes what it found."""
+    cls = MqttTransport if scheme == "mqtt" else GmqttTransport
+    transport = cls(parse_url(URLS[scheme]))
+    link = transport._new_link(
+        LinkConfig(
+            client_id=client_id, clean_start=False, session_expiry=0, receive_maximum=None, silent=True
+        )
+    )
+    try:
+        return await asyncio.wait_for(link.open(), 10)
+    finally:
+        await asyncio.wait_for(link.close(keep_session=False), 10)
+
+
+@needs_broker
+@DRIVERS
+async def test_ephemeral_member_leaves_no_session(scheme: str, apps: list[App]) -> None:
+    """An ephemeral member has its own client id and share name, and once it left the broker
+    holds no session for it; a durable member's session (the control) is still there."""
+    app = new_app(apps, scheme)
+    await app.start()
+    group = name("eg")
+    topic = app.topic(name(), internal=True, group=group, ephemeral=True, value_serializer="raw")
+    durable = app.topic(name(), internal=True, group=group, value_serializer="raw")
+    await topic.declare()
+    first, second, kept = topic.events(), topic.events(), durable.events()
+    for stream in (first, second, kept):
+        await stream.start()
+    assert isinstance(first._sub, MqttSubscription) and isinstance(second._sub, MqttSubscription)
+    assert isinstance(kept._sub, MqttSubscription)
+    leg, other = first._sub.legs[0], second._sub.legs[0]
+    assert leg.filters == [f"$share/{group}{EPHEMERAL_SUFFIX}/{topic.name}"]
+    assert leg.slot is None and leg.client_id != other.client_id
+    await topic.send(value=b"x")
+    gets = {asyncio.ensure_future(stream.get(timeout=10)) for stream in (first, second)}
+    done, pending = await asyncio.wait(gets, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    assert [task.result().value for task in done] == [b"x"]
+    ids = [leg.client_id, other.client_id]
+    durable_id = kept._sub.legs[0].client_id
+    for stream in (first, second, kept):
+        await stream.close()
+    assert [await _session_present(scheme, client_id) for client_id in ids] == [False, False]
+    assert await _session_present(scheme, durable_id)  # the probe does see a kept session
+
+
+_CRASHING_MEMBER = """
+import asyncio, sys
+from channels import App
+
+async def main() -> None:
+    url, app_id, eph_topic, durable_topic = sys.argv[1:5]
+    app = App(app_id, broker=url)
+    await app.start()
+    eph = app.topic(eph_topic, internal=True, ephemeral=True, acks="manual", value_serializer="raw")
+    durable = app.topic(durable_topic, internal=True, value_serializer="raw")
+    streams = [eph.events(), durable.events()]
+    for stream in streams:
+        await stream.start()
+    print(*(stream._sub.legs[0].client_id for stream in streams), flush=True)
+    event = await streams[0].get(timeout=30)  # held, never acked
+    print("got", event.value.decode(), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@needs_broker
+@DRIVERS
+async def test_ephemeral_member_of_a_killed_process_leaves_nothing(scheme: str, apps: list[App]) -> None:
+    """A process holding an unacked message in an ephemeral group is killed (SIGKILL, no
+    DISCONNECT): the broker keeps no session for it, while the same process's durable member
+    (the control) left its session behind."""
+    root = ROOT
+    eph_topic, durable_topic = name("ek"), name("dk")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CRASHING_MEMBER, URLS[scheme], name("app"), eph_topic, durable_topic,
+        stdout=asyncio.subprocess.PIPE, cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        eph_id, durable_id = line.decode().split()
+        producer = new_app(apps, scheme)
+        await producer.start()
+        await producer.topic(eph_topic, value_serializer="raw").send(value=b"held")
+        assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"got held\n"
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(proc.wait(), 30)
+    # The process is reaped only after the kernel closed its sockets, so the broker has the
+    # end of that connection before the probe's CONNECT (no waiting on a timer needed).
+    await producer.topic(eph_topic, value_serializer="raw").send(value=b"gone")
+    assert not await _session_present(scheme, eph_id)
+    assert await _session_present(scheme, durable_id)
 
 
 # -- TLS and passwords (the extra listeners of scripts/brokers; `scripts/brokers env --secrets`)

@@ -1,7 +1,8 @@
 """The zmq driver and ``channels zmq-broker`` against a broker started by the test.
 
 Each test starts its own broker as a subprocess on ports 5563-5565 or 5566-5568 (the
-range 5560-5569 belongs to the zmq broker; 5560-5562 is the shared one).
+range 5560-5569 belongs to the zmq broker; 5560-5562 is the shared one); the ephemeral
+group tests run the broker in a thread on 5566-5568 to look at what it keeps.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -20,10 +22,11 @@ from typing import Any
 
 import pytest
 import zmq
+import zmq.asyncio
 
 import channels
-from channels.errors import ConnectionFailed, Timeout, TopicNotFound
-from transports._zmq_broker import ping
+from channels.errors import CapabilityNotSupported, ConnectionFailed, Timeout, TopicNotFound
+from transports._zmq_broker import ZmqBroker, group_frame, ping
 
 PORT = 5563
 
@@ -375,3 +378,118 @@ def test_cli_ping(broker: Broker) -> None:
 
     assert ping_cli(f"zmq://127.0.0.1:{PORT}") == 0
     assert ping_cli("zmq://127.0.0.1:5569") == 1
+
+
+# -- ephemeral groups --------------------------------------------------------------------
+
+THREAD_PORT = 5566
+THREAD_URL = f"zmq://127.0.0.1:{THREAD_PORT}?heartbeat=0.2"
+
+
+@pytest.fixture
+def device() -> Iterator[ZmqBroker]:
+    """A broker in a thread of this process, so a test can see which groups it keeps."""
+    broker = ZmqBroker([f"tcp://127.0.0.1:{THREAD_PORT}"], member_timeout=1.0, max_queued=3)
+    thread = threading.Thread(target=broker.run, name="zmq-broker", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 15
+    while not ping(f"tcp://127.0.0.1:{THREAD_PORT}", timeout=0.5):
+        assert thread.is_alive() and time.monotonic() < deadline, "zmq broker did not start"
+    yield broker
+    broker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+
+
+def groups_of(broker: ZmqBroker, topic: str) -> set[tuple[str, bool]]:
+    """The broker's groups of ``topic`` as (name, ephemeral); tuple() holds the GIL."""
+    known = broker.topics.get(topic)
+    return set() if known is None else set(tuple(known.groups))
+
+
+async def test_ephemeral_group_is_deleted_when_its_last_member_leaves(device: ZmqBroker) -> None:
+    topic_name, group = name(), name("g")
+    async with channels.App(group, broker=THREAD_URL) as app:
+        durable = raw_topic(app, topic_name, group=group)
+        await durable.declare()  # an ordinary group of the same name is a separate group
+        ephemeral = raw_topic(app, topic_name, group=group, ephemeral=True)
+        await ephemeral.declare()
+        assert groups_of(device, topic_name) == {(group, False)}, "declare keeps nothing"
+        async with ephemeral.events() as first:
+            async with ephemeral.events():  # a second member
+                assert groups_of(device, topic_name) == {(group, False), (group, True)}
+            # one member left: the group stays, and its remaining member gets what is sent
+            assert groups_of(device, topic_name) == {(group, False), (group, True)}
+            await ephemeral.send(value=b"live")
+            (event,) = await drain(first, 1)
+            assert event.value == b"live"
+            await ephemeral.send(value=b"unread")  # held by the group when the member leaves
+            await app.producer.flush()
+        # the broker answers UNSUB after it deleted the group: no waiting needed
+        assert groups_of(device, topic_name) == {(group, False)}
+        assert device.stats["ephemeral_deleted"] == 1
+        kept = device.topics[topic_name].groups[(group, False)]
+        assert kept.queued == 2, "the ordinary group of the same name keeps its messages"
+
+
+async def test_ephemeral_group_of_a_crashed_member_is_deleted(device: ZmqBroker) -> None:
+    topic_name, group = name(), name("g")
+    async with channels.App(name("app"), broker=THREAD_URL + "&publish_timeout=15", retries=0) as app:
+        topic = raw_topic(app, topic_name, group=group, ephemeral=True)
+        await topic.declare()  # the topic only, no group
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.connect(f"tcp://127.0.0.1:{THREAD_PORT}")
+            sub = [b"SUB", b"1", b"s1", group_frame(group, ephemeral=True), b"1", b"", topic_name.encode()]
+            sock.send_multipart(sub)
+            assert sock.poll(5000) and sock.recv_multipart()[0] == b"OK"
+            await topic.send(value=b"held")  # the member takes it (prefetch 1) and never acks
+            assert sock.poll(5000) and sock.recv_multipart()[0] == b"MSG"
+        finally:
+            sock.close()  # the process "dies": no UNSUB, no more pings
+            ctx.term()
+        assert groups_of(device, topic_name) == {(group, True)}
+        for i in range(3):  # --max-queued 3: the group the dead member left is full
+            await topic.send(value=str(i).encode())
+        started = time.monotonic()
+        # parked by the broker until it times the silent member out and deletes its group
+        await asyncio.wait_for(topic.send(value=b"released"), 15)
+        assert time.monotonic() - started < 10
+        assert groups_of(device, topic_name) == set()
+        assert device.stats["ephemeral_deleted"] == 1
+
+
+async def test_ephemeral_subscription_refused_by_an_older_broker() -> None:
+    # A broker from before ephemeral groups fails to decode the marked group frame and
+    # answers ERR protocol without creating anything: the driver says what is missing.
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    router.bind("tcp://127.0.0.1:5567")
+
+    async def old_broker() -> None:
+        while True:
+            identity, command, req, *args = await router.recv_multipart()
+            if command == b"SUB":
+                try:
+                    args[1].decode()
+                except UnicodeDecodeError as exc:
+                    await router.send_multipart([identity, b"ERR", req, b"protocol", str(exc).encode()])
+                    continue
+            await router.send_multipart([identity, b"OK", req, b"epoch"])
+
+    serving = asyncio.create_task(old_broker())
+    try:
+        async with channels.App(name("app"), broker="zmq://127.0.0.1:5567?heartbeat=0.2") as app:
+            topic = raw_topic(app, name(), group=name("g"), ephemeral=True)
+            with pytest.raises(CapabilityNotSupported, match="ephemeral groups"):
+                await topic.events().start()
+            async with raw_topic(app, topic.name, group=name("g")).events():
+                pass  # ordinary groups still work with it
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+        router.close()
+        ctx.term()

@@ -29,9 +29,12 @@ __all__ = ["LoopbackTransport"]
 
 
 class _Group:
-    def __init__(self) -> None:
+    def __init__(self, ephemeral: bool = False) -> None:
         self.queue: deque[Message] = deque()
         self.changed = asyncio.Event()
+        self.members = 0
+        #: made by an ephemeral subscription: forgotten when its last member leaves
+        self.ephemeral = ephemeral
 
 
 class _Broker:
@@ -104,6 +107,18 @@ class _Member(Subscription):
         self.wake.set()
         _put_back(list(self.inflight.values()))
         self.inflight.clear()
+        for group in self.groups:
+            group.members -= 1
+            if group.ephemeral and not group.members:
+                _forget(group)
+
+
+def _forget(group: _Group) -> None:
+    """Drop an ephemeral group, and what it holds, from its topic."""
+    for groups in _brokers.get(asyncio.get_running_loop(), _Broker()).topics.values():
+        for name, each in list(groups.items()):
+            if each is group:
+                del groups[name]
 
 
 def _put_back(entries: list[tuple[_Group, Message]]) -> None:
@@ -187,7 +202,11 @@ class LoopbackTransport(Transport):
 
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription:
         broker = self.broker
-        groups = [broker.topics.setdefault(t.name, {}).setdefault(spec.group, _Group()) for t in spec.topics]
+        groups = [
+            broker.topics.setdefault(t.name, {}).setdefault(spec.group, _Group(spec.ephemeral)) for t in spec.topics
+        ]
+        for group in groups:
+            group.members += 1
         member = _Member(groups, spec.prefetch)
         self._members.append(member)
         return member
