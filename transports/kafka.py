@@ -51,6 +51,20 @@ Semantic mapping
   Topics that match when subscribing start at their end (unless ``from_beginning``);
   topics created later start at their beginning (all their messages were published after
   the subscription). New topics are found within ``metadata_max_age_ms``.
+* ephemeral groups (``spec.ephemeral``): the member joins the consumer group
+  ``<group>~ephemeral`` (``EPHEMERAL_SUFFIX``; a distinct id, so that it never joins, steals
+  partitions from or starts at the offsets of a durable group of the same name) and commits
+  nothing, ever: acks only free room in the prefetch window. A new member starts at the end
+  (with ``from_beginning`` at the oldest retained message; with a pattern, topics that
+  appear later at their beginning), and ``subscribe`` returns once its positions are
+  resolved. Across a rebalance the member keeps, in memory, where it stood on the
+  partitions it gives up (the first unacked offset) and goes on from there when it gets
+  them back; a partition that moves to another member continues at the end there. Kafka
+  keeps no offsets for such a group: once its last member has left (``LeaveGroup``) or
+  timed out (``session_timeout_ms``, after a crash) the group is ``Empty`` without offsets,
+  and the broker deletes it at its next offsets clean-up
+  (``offsets.retention.check.interval.ms``, 10 minutes by default). On a clean close the
+  last member also deletes the empty group at once (``DeleteGroups``, best effort).
 
 URL options
 -----------
@@ -120,7 +134,7 @@ from channels.events import Message, RecordMetadata
 from channels.url import BrokerURL
 from transports.base import Subscription, SubscriptionSpec, TopicSpec, Transport, translate_errors
 
-__all__ = ["KafkaTransport", "partition_for_key"]
+__all__ = ["EPHEMERAL_SUFFIX", "KafkaTransport", "group_id_for", "partition_for_key"]
 
 log = logging.getLogger("transports.kafka")
 
@@ -153,6 +167,8 @@ _SASL = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 _COMPRESSION = ("none", "gzip", "snappy", "lz4", "zstd")
 #: metadata of an offset committed by ``declare`` (not by a consumer)
 DECLARED = "anychannel:declared"
+#: appended to the group name to make the Kafka group id of an ephemeral group
+EPHEMERAL_SUFFIX = "~ephemeral"
 #: the broker's default message.max.bytes is 1 MiB + 12; stay below it with room to spare
 DEFAULT_MAX_MESSAGE_SIZE = 1_000_000
 #: bytes a record batch adds around one record (batch header, varints, header names)
@@ -251,6 +267,11 @@ def partition_for_key(key: bytes, partitions: int) -> int:
 
     hashed: int = murmur2(key)
     return (hashed & 0x7FFFFFFF) % partitions
+
+
+def group_id_for(spec: SubscriptionSpec) -> str:
+    """The Kafka group id a subscription joins (``<group>~ephemeral`` for an ephemeral one)."""
+    return spec.group + EPHEMERAL_SUFFIX if spec.ephemeral else spec.group
 
 
 # ------------------------------------------------------------------------------ options
@@ -529,6 +550,17 @@ class _KafkaSubscription(Subscription):
         #: set once the rebalance listener has run for an assignment
         self.assigned = asyncio.Event()
         self.commit_timeout = max(5.0, self.config.request_timeout_ms / 1000 / 4)
+        #: an ephemeral member commits nothing (see the module docstring)
+        self.ephemeral = spec.ephemeral
+        #: the Kafka group id (``<group>~ephemeral`` for an ephemeral group)
+        self.group_id = group_id_for(spec)
+        #: the consumer's ``auto_offset_reset``
+        self.reset = "latest"
+        #: ephemeral: where this member stood on the partitions it gave up in the last
+        #: rebalance (first unacked offset); used when it gets them back, then forgotten
+        self.resume: dict[TopicPartition, int] = {}
+        #: ephemeral: topics whose partitions, newly assigned, continue at the end
+        self.known_topics: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -536,6 +568,7 @@ class _KafkaSubscription(Subscription):
         spec = self.spec
         names = [t.name for t in spec.topics]
         reset = "earliest" if spec.from_beginning else "latest"
+        existing: list[str] = []
         if self.pattern is not None:
             # Topics matching now start at their end; topics that appear later start at
             # their beginning: every message in them came after this subscription.
@@ -546,10 +579,14 @@ class _KafkaSubscription(Subscription):
                     for t in await self.transport._list_topics()
                     if self.pattern.match(t) and not t.startswith("__")  # Kafka's own topics
                 ]
-                if existing:
+                if self.ephemeral:
+                    # Nothing is committed: the rebalance listener seeks these to the end.
+                    self.known_topics.update(existing)
+                elif existing:
                     await self.transport._init_group_offsets(existing, spec.group)
+        self.reset = reset
         consumer = AIOKafkaConsumer(
-            group_id=spec.group,
+            group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset=reset,
             session_timeout_ms=self.config.session_timeout_ms,
@@ -569,28 +606,46 @@ class _KafkaSubscription(Subscription):
         self.consumer = consumer
         try:
             join = (self.config.request_timeout_ms + self.config.rebalance_timeout_ms) / 1000
-            with map_errors(self.url, f"joining group {spec.group!r}"):
+            with map_errors(self.url, f"joining group {self.group_id!r}"):
                 try:
                     await asyncio.wait_for(consumer.start(), join)
                 except TimeoutError:
-                    raise Timeout(f"joining group {spec.group!r} took over {join:.0f}s") from None
-            if self.pattern is None:
+                    raise Timeout(f"joining group {self.group_id!r} took over {join:.0f}s") from None
+            if self.pattern is None or (self.ephemeral and existing):
                 # start() returns once partitions are assigned, possibly before our
                 # listener ran for them; wait for it so the baselines below see them.
-                wait = (self.config.rebalance_timeout_ms + self.config.session_timeout_ms) / 1000
-                try:
-                    await asyncio.wait_for(self.assigned.wait(), wait)
-                except TimeoutError:
-                    raise Timeout(
-                        f"group {spec.group!r} got no assignment within {wait:.0f}s",
-                        broker=self.url,
-                    ) from None
+                # (An ephemeral pattern member has no commit to stand for it: it waits
+                # for the topics that match now, so that they are positioned too.)
+                await self._await_assignment(set(existing))
+                # Resolves every start position (committed for a durable group): a
+                # message published after subscribe returns reaches the group.
                 await self._commit_baselines()
         except BaseException:
             self.closed = True
             await _stop_consumer(consumer, self.commit_timeout)
             raise
-        self.commit_task = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{spec.group}")
+        self.commit_task = asyncio.create_task(self._commit_loop(), name=f"kafka-commit-{self.group_id}")
+
+    async def _await_assignment(self, topics: set[str]) -> None:
+        """Wait (bounded) until the listener ran for an assignment of a subscription that
+        covers ``topics`` (for a pattern: the topics that match when subscribing)."""
+        consumer = self.consumer
+        wait = (self.config.rebalance_timeout_ms + self.config.session_timeout_ms) / 1000
+        deadline = asyncio.get_running_loop().time() + wait
+        while consumer is not None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                if remaining <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self.assigned.wait(), remaining)
+            except TimeoutError:
+                raise Timeout(
+                    f"group {self.group_id!r} got no assignment within {wait:.0f}s",
+                    broker=self.url,
+                ) from None
+            if topics <= set(consumer.subscription()):
+                return
+            self.assigned.clear()  # an assignment of an older topic set: wait for the next
 
     async def close(self) -> None:
         if self.closed:
@@ -602,16 +657,23 @@ class _KafkaSubscription(Subscription):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self.commit_task
         consumer = self.consumer
+        left = False
         if consumer is not None:
             try:
                 await self._commit(set(consumer.assignment()))
             except Exception as exc:  # logged: the unacked rest comes back anyway
-                log.warning("final commit for group %s failed: %s", self.spec.group, exc)
-            if not await _stop_consumer(consumer, self.commit_timeout * 2):
-                log.warning("leaving group %s did not finish cleanly", self.spec.group)
+                log.warning("final commit for group %s failed: %s", self.group_id, exc)
+            left = await _stop_consumer(consumer, self.commit_timeout * 2)
+            if not left:
+                log.warning("leaving group %s did not finish cleanly", self.group_id)
         self.states.clear()
+        self.resume.clear()
         self.inflight = 0
         self.transport._subs.discard(self)
+        if self.ephemeral and left and not any(s.group_id == self.group_id for s in self.transport._subs):
+            # The broker drops the empty group (it has no offsets) at its next clean-up
+            # anyway; the last member deletes it now so that nothing shows meanwhile.
+            await self.transport._delete_empty_group(self.group_id)
 
     # -- receiving ----------------------------------------------------------------------
 
@@ -745,8 +807,8 @@ class _KafkaSubscription(Subscription):
         subscription (a pattern that matched a new topic).
         """
         consumer = self.consumer
-        if consumer is None:
-            return
+        if consumer is None or self.ephemeral:
+            return  # an ephemeral group keeps no offsets on the broker
         async with self.commit_lock:
             assigned = consumer.assignment()
             offsets = self._offsets(tp for tp in tps if revoking or tp in assigned)
@@ -763,7 +825,7 @@ class _KafkaSubscription(Subscription):
                 state = self.states.get(tp)
                 if state is not None:
                     state.committed = meta.offset
-            log.debug("group %s committed %s", self.spec.group, offsets)
+            log.debug("group %s committed %s", self.group_id, offsets)
 
     async def _commit_baselines(self) -> None:
         """Commit the starting position of newly assigned partitions nothing was taken from.
@@ -809,7 +871,7 @@ class _KafkaSubscription(Subscription):
                 raise
             except Exception as exc:
                 # A rebalance or a restarting broker: the acks stay recorded, try again.
-                log.warning("offset commit for group %s failed (will retry): %r", self.spec.group, exc)
+                log.warning("offset commit for group %s failed (will retry): %r", self.group_id, exc)
 
     # -- rebalance callbacks (run inside aiokafka's coordinator task) --------------------
 
@@ -817,11 +879,16 @@ class _KafkaSubscription(Subscription):
         try:
             await self._commit(revoked, revoking=True)
         except Exception as exc:
-            log.warning("commit on revoke for group %s failed: %r", self.spec.group, exc)
+            log.warning("commit on revoke for group %s failed: %r", self.group_id, exc)
         for tp in revoked:
             state = self.states.pop(tp, None)
             if state is not None:
                 self.inflight -= state.unacked
+                if self.ephemeral:
+                    # What a commit would have kept: the first offset not handled yet.
+                    start = state.delivered[0] if state.delivered else state.commit
+                    if start is not None:
+                        self.resume[tp] = start
         self.inflight = max(0, self.inflight)
         self.room.set()
 
@@ -830,7 +897,9 @@ class _KafkaSubscription(Subscription):
             if tp not in assigned:
                 state = self.states.pop(tp)
                 self.inflight = max(0, self.inflight - state.unacked)
-        if self.spec.from_beginning and assigned:
+        if self.ephemeral:
+            await self._position_ephemeral(assigned)
+        elif self.spec.from_beginning and assigned:
             await self._replay_declared(assigned)
         elif assigned:
             await self._apply_pending_starts(assigned)
@@ -842,6 +911,31 @@ class _KafkaSubscription(Subscription):
         self.baseline_needed.set()
         self.assigned.set()
         self.room.set()
+
+    async def _position_ephemeral(self, assigned: set[TopicPartition]) -> None:
+        """Where an ephemeral member starts on ``assigned`` (there are no committed offsets).
+
+        A partition it gave up in the rebalance just before goes on where it stood; a
+        partition of a topic it already knew (it held some of it, or it matched the pattern
+        when subscribing) continues at the end; anything else follows ``auto_offset_reset``
+        (the end; the beginning with ``from_beginning`` or for a topic created later).
+        """
+        consumer = self.consumer
+        resume, self.resume = self.resume, {}
+        if consumer is None:
+            return
+        to_end: list[TopicPartition] = []
+        for tp in assigned:
+            if tp in resume:
+                consumer.seek(tp, resume[tp])
+            elif self.reset == "earliest" and tp.topic in self.known_topics:
+                to_end.append(tp)
+        self.known_topics.update(tp.topic for tp in assigned)
+        if to_end:
+            try:
+                await asyncio.wait_for(consumer.seek_to_end(*to_end), self.commit_timeout)
+            except Exception as exc:
+                log.warning("could not move group %s to the end of %s: %r", self.group_id, to_end, exc)
 
     async def _apply_pending_starts(self, assigned: set[TopicPartition]) -> None:
         """Seek to the start offsets declare remembered for a busy group (see there)."""
@@ -1113,6 +1207,36 @@ class KafkaTransport(Transport):
             log.debug("cannot describe group %s: %r", group, exc)
             return False
         return state not in ("Empty", "Dead")
+
+    async def _delete_empty_group(self, group: str, timeout: float = 10.0) -> bool:
+        """Delete ``group`` if it has no members (``DeleteGroups``); True if it is gone.
+
+        Best effort, bounded in time, never raises: the broker refuses a group that still
+        has members (``NON_EMPTY_GROUP``), and an empty group without offsets goes at the
+        broker's next offsets clean-up anyway.
+        """
+        from aiokafka.protocol.admin import DeleteGroupsRequest
+
+        admin = self._admin
+        if admin is None:
+            return False
+
+        async def delete() -> int:
+            coordinator = await admin.find_coordinator(group)
+            response = await admin._send_request(DeleteGroupsRequest([group]), coordinator)
+            codes = [code for name, code in response.results if name == group]
+            return int(codes[0]) if codes else -1
+
+        try:
+            code = await asyncio.wait_for(delete(), timeout)
+        except Exception as exc:
+            log.debug("could not delete group %s: %r", group, exc)
+            return False
+        if code in (0, kerr.GroupIdNotFound.errno):
+            log.debug("deleted empty group %s", group)
+            return True
+        log.debug("group %s not deleted: error code %d", group, code)
+        return False
 
     # -- declare / publish / subscribe ---------------------------------------------------
 

@@ -4,7 +4,8 @@ Shared semantics are proven by the conformance suite; here: URL options and reda
 Kafka's name rule, murmur2 partitioning, offset commits (contiguous acked prefix, on revoke,
 on close, never for partitions no longer owned), nack as seek-back, declare (idempotence,
 partition counts, source topics, publish-after-declare), from_beginning after declare,
-pattern subscriptions to topics created later, the prefetch window, cancel-safe receive.
+pattern subscriptions to topics created later, the prefetch window, cancel-safe receive,
+ephemeral groups (no offsets ever, the group gone after the last member, also after a crash).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -28,7 +31,7 @@ from channels.errors import ConfigurationError, ConnectionFailed, MessageTooLarg
 from channels.events import Message, RecordMetadata
 from channels.url import parse_url
 from transports.base import Subscription, SubscriptionSpec, TopicSpec
-from transports.kafka import DECLARED, KafkaTransport, partition_for_key
+from transports.kafka import DECLARED, EPHEMERAL_SUFFIX, KafkaTransport, group_id_for, partition_for_key
 
 URL = os.environ.get("CHANNELS_TEST_KAFKA_URL", "kafka://127.0.0.1:9092")
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,12 +78,14 @@ def spec(
     partitions: int = 1,
     prefetch: int = 100,
     from_beginning: bool = False,
+    ephemeral: bool = False,
 ) -> SubscriptionSpec:
     return SubscriptionSpec(
         (TopicSpec(topic, internal=True, partitions=partitions),),
         group,
         prefetch=prefetch,
         from_beginning=from_beginning,
+        ephemeral=ephemeral,
     )
 
 
@@ -114,6 +119,19 @@ async def committed(t: KafkaTransport, group: str, topic: str, partition: int = 
     tp = TopicPartition(topic, partition)
     found = await t._committed(group, [tp])
     return found[tp].offset if tp in found else None
+
+
+async def group_state(t: KafkaTransport, group: str) -> tuple[str, int]:
+    """The group's state as the broker describes it, and its number of members."""
+    [response] = await t.admin.describe_consumer_groups([group])
+    entry = response.groups[0]
+    return entry[2], len(entry[5])
+
+
+async def all_offsets(t: KafkaTransport, group: str) -> dict[TopicPartition, Any]:
+    """Every offset the broker keeps for ``group`` (any topic)."""
+    found = await t.admin.list_consumer_group_offsets(group)
+    return {tp: meta for tp, meta in found.items() if meta.offset >= 0}
 
 
 async def publish_values(t: KafkaTransport, topic: str, values: list[bytes], **kw: Any) -> None:
@@ -660,3 +678,143 @@ async def test_declare_for_a_group_that_is_busy_on_another_topic() -> None:
         assert [m.value for m in got] == [b"after-declare"]
         await on_b.close()
         await on_a.close()
+
+
+# -- ephemeral groups ---------------------------------------------------------------------
+
+
+def test_ephemeral_group_id_is_distinct() -> None:
+    durable = spec("t", "tail")
+    assert group_id_for(durable) == "tail"
+    assert group_id_for(spec("t", "tail", ephemeral=True)) == "tail" + EPHEMERAL_SUFFIX
+
+
+@needs_kafka
+async def test_ephemeral_group_keeps_nothing_and_leaves_a_durable_namesake_alone() -> None:
+    topic, group = name("eph"), name("g")
+    tp = TopicPartition(topic, 0)
+    async with connected(commit_interval_ms="100") as t:
+        # A durable group of the same name, declared before "old" was sent: its members
+        # would get "old". The ephemeral group must neither join it nor start where it stands.
+        await t.declare(TopicSpec(topic, internal=True, partitions=1), group)
+        await publish_values(t, topic, [b"old-1", b"old-2"])
+        eph = spec(topic, group, ephemeral=True)
+        gid = group_id_for(eph)
+        sub = await t.subscribe(eph)
+        await publish_values(t, topic, [b"new-1", b"new-2", b"new-3"])
+        got = await receive(sub, 3)
+        assert [m.value for m in got] == [b"new-1", b"new-2", b"new-3"]
+        await sub.ack(got)
+        assert await group_state(t, gid) == ("Stable", 1)
+        assert (await group_state(t, group))[1] == 0  # the durable namesake: nobody joined it
+        # Every way a durable member commits (baselines, the loop's commit, the final
+        # commit of close) commits nothing for an ephemeral one.
+        await sub._commit_baselines()  # type: ignore[attr-defined]
+        await sub._commit({tp})  # type: ignore[attr-defined]
+        assert await all_offsets(t, gid) == {}
+        await sub.close()
+        # The last member left: the group is deleted (and has no offsets that could keep
+        # it); the durable namesake still stands where declare put it.
+        assert (await group_state(t, gid))[0] == "Dead"
+        assert gid not in {g[0] for g in await t.admin.list_consumer_groups()}
+        assert await all_offsets(t, gid) == {}
+        assert await committed(t, group, topic) == 0
+        # A new member of the ephemeral group gets only what is sent after it joined.
+        await publish_values(t, topic, [b"gone"])
+        again = await t.subscribe(eph)
+        await publish_values(t, topic, [b"later"])
+        assert [m.value for m in await receive(again, 1)] == [b"later"]
+        await nothing_within(again, 1.0)
+        await again.close()
+
+
+_CRASHING_MEMBER = """
+import asyncio, sys
+from channels.url import parse_url
+from transports.base import SubscriptionSpec, TopicSpec
+from transports.kafka import KafkaTransport
+
+async def main(url, topic, group):
+    t = KafkaTransport(parse_url(url + "?commit_interval_ms=100"))
+    await t.connect()
+    sub = await t.subscribe(SubscriptionSpec((TopicSpec(topic, internal=True, partitions=1),), group, ephemeral=True))
+    print("subscribed", flush=True)
+    got = []
+    while len(got) < 3:
+        got += await sub.receive(3 - len(got))
+    await sub.ack(got)
+    await sub._commit_baselines()
+    await sub._commit(set(sub.consumer.assignment()))
+    print("acked", len(got), flush=True)
+    await asyncio.Event().wait()  # until killed: no close, no LeaveGroup
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+@needs_kafka
+async def test_ephemeral_group_is_left_empty_without_offsets_after_a_crash() -> None:
+    topic, group = name("eph-crash"), name("g")
+    gid = group + EPHEMERAL_SUFFIX
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True, partitions=1))
+        child = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            _CRASHING_MEMBER,
+            URL,
+            topic,
+            group,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        assert child.stdout is not None
+        try:
+            line = await asyncio.wait_for(child.stdout.readline(), 60)
+            assert line.strip() == b"subscribed", line
+            await publish_values(t, topic, [b"1", b"2", b"3"])
+            line = await asyncio.wait_for(child.stdout.readline(), 30)
+            assert line.strip() == b"acked 3", line
+            assert await group_state(t, gid) == ("Stable", 1)
+            child.send_signal(signal.SIGKILL)
+            await asyncio.wait_for(child.wait(), 10)
+        finally:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+
+        # The broker drops the dead member after session_timeout_ms (6 s): the group is
+        # then empty, and without offsets the broker's own clean-up deletes it.
+        async def emptied() -> bool:
+            return (await group_state(t, gid))[0] in ("Empty", "Dead")
+
+        await eventually(emptied, timeout=30, what="the crashed member's session expired")
+        assert await all_offsets(t, gid) == {}
+
+
+@needs_kafka
+async def test_ephemeral_pattern_member_keeps_its_place_across_a_rebalance() -> None:
+    prefix = f"kd-epat-{uuid.uuid4().hex[:8]}"
+    existing, later = f"{prefix}-a", f"{prefix}-b"
+    group = name("g")
+    async with connected(metadata_max_age_ms="1000") as t:
+        await t.declare(TopicSpec(existing, internal=True, partitions=1))
+        await publish_values(t, existing, [b"before-subscribe"])
+        sub = await t.subscribe(SubscriptionSpec((), group, pattern=f"{prefix}-.*", ephemeral=True))
+        # The topic that matched already was positioned at its end before subscribe returned.
+        await publish_values(t, existing, [b"after-subscribe"])
+        got = await receive(sub, 1, timeout=30)
+        assert [m.value for m in got] == [b"after-subscribe"]
+        # Not acked: a new matching topic makes the group rebalance; with nothing
+        # committed, the member goes on from the unacked message (kept in memory), not
+        # from the end; the new topic starts at its beginning.
+        await t.declare(TopicSpec(later, internal=True, partitions=1))
+        await publish_values(t, later, [b"new-topic"])
+        again = await receive(sub, 2, timeout=40)
+        assert sorted((m.topic, m.value) for m in again) == [(existing, b"after-subscribe"), (later, b"new-topic")]
+        await sub.ack(again)
+        await nothing_within(sub, 1.0)
+        assert await all_offsets(t, group + EPHEMERAL_SUFFIX) == {}
+        await sub.close()
