@@ -1071,6 +1071,12 @@ class KafkaTransport(Transport):
                 f"the broker refused the {mechanism} login of user {cfg.sasl.get('sasl_plain_username')!r}",
                 broker=self.url,
             ) from exc
+        except (kerr.IllegalSaslStateError, kerr.UnsupportedSaslMechanismError) as exc:
+            raise ConfigurationError(
+                f"the listener does not take a {cfg.sasl.get('sasl_mechanism', 'SASL')} login ({exc}): "
+                "leave user:password out of the URL, or use the broker's SASL listener",
+                broker=self.url,
+            ) from exc
         except ssl.SSLCertVerificationError as exc:
             raise ConnectionFailed(
                 f"the broker's TLS certificate is not trusted ({exc.verify_message}); "

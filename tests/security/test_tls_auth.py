@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import pytest
 
 import channels
-from channels.errors import AuthenticationFailed, ChannelsError
+from channels.errors import AuthenticationFailed, ChannelsError, ConfigurationError
 from tests.security._secured import (
     AUTH_CASES,
     BY_ID,
@@ -32,6 +32,7 @@ from tests.security._secured import (
     NO_CA,
     PASSWORD,
     ROOT,
+    USER,
     WRONG,
     Secured,
     needs_secured_brokers,
@@ -288,3 +289,12 @@ def test_scripts_brokers_env_hides_the_password() -> None:
         ["scripts/brokers", "env", "--secrets"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert PASSWORD in shown.stdout, "env --secrets prints the usable URLs"
+
+
+async def test_kafka_credentials_on_a_listener_without_sasl_are_a_configuration_error() -> None:
+    url = f"kafka://{USER}:{WRONG}@127.0.0.1:9092"  # the plain listener takes no login
+    step, error, elapsed = await _attempt(url)
+    _report(case="kafka-sasl-on-plain", failed_at=step, error=type(error).__name__, seconds=round(elapsed, 2))
+    assert isinstance(error, ConfigurationError) and step == "start", repr(error)
+    assert "does not take a PLAIN login" in str(error)
+    _assert_secret_free("the exception", _exception_text(error))
