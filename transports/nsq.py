@@ -18,6 +18,11 @@ Mapping
     when their ``msg_timeout`` runs out.
     Keys, headers and a None value travel in the portable envelope (NSQ messages are only
     a body); messages from other NSQ producers have no envelope and arrive as they came.
+    An ephemeral group reads from the channel ``<group>#ephemeral`` (see
+    ``ephemeral_channel``): nsqd keeps it in memory only (at most ``--mem-queue-size``
+    messages) and deletes it with its messages when the last client disconnects, a crash
+    included. A topic without any channel at all hands what it holds to the first channel
+    created, an ephemeral one too: that backlog is the topic's and is left alone.
 
 URL options
     ``http_port`` (nsqd HTTP API, default 4151), ``lookupd`` (comma-separated nsqlookupd
@@ -67,6 +72,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import random
@@ -125,6 +131,25 @@ _NAME = re.compile(r"[.a-zA-Z0-9_-]+(#ephemeral)?")
 
 def _valid_name(name: str) -> bool:
     return 0 < len(name) <= 64 and _NAME.fullmatch(name) is not None
+
+
+_EPHEMERAL = "#ephemeral"
+
+
+def ephemeral_channel(group: str) -> str:
+    """The nsqd channel of the ephemeral group ``group``: its name plus ``#ephemeral``.
+
+    A name that already ends in ``#ephemeral`` is kept. One too long for the suffix (nsqd
+    allows 64 characters in all) is cut and keeps a hash of the whole name, so that every
+    member of the group still meets in the same channel. The channel never clashes with
+    the durable channel of a group of the same name.
+    """
+    if group.endswith(_EPHEMERAL):
+        return group
+    if len(group) + len(_EPHEMERAL) > 64:
+        digest = hashlib.sha256(group.encode()).hexdigest()[:8]
+        group = f"{group[: 64 - len(_EPHEMERAL) - 9]}-{digest}"
+    return group + _EPHEMERAL
 
 
 _TOO_BIG = re.compile(r"too big (\d+) > (\d+)")
@@ -435,9 +460,9 @@ class NsqTransport(Transport):
 
     # -- HTTP API -------------------------------------------------------------------------
 
-    async def _http_call(self, host: str, method: str, path: str, **params: str) -> Any:
+    async def _http_call(self, host: str, method: str, path: str, port: int | None = None, **params: str) -> Any:
         self._require()
-        url = f"http://{host}:{self.http_port}{path}"
+        url = f"http://{host}:{port or self.http_port}{path}"
         async with self._http.request(method, url, params=params) as response:
             body = await response.read()
             if response.status >= 400:
@@ -455,6 +480,43 @@ class NsqTransport(Transport):
         stats = await self._http_call(host, "GET", "/stats", format="json", topic=topic, include_clients="false")
         topics = (stats.get("topics") or []) if isinstance(stats, dict) else []
         return any(item.get("topic_name") == topic for item in topics)
+
+    async def _forget_before_join(self, host: str, http_port: int | None, topic: str, channel: str) -> None:
+        """Before a member of an ephemeral group joins on ``host``: drop what nsqd keeps for
+        nobody, so that the member gets only what is sent from now on.
+
+        A topic without any channel keeps what is published to it for the first channel
+        that comes, whatever it is: that backlog is left alone (it is the topic's, not the
+        group's; an application's group may be about to take it), so the first member of
+        a new ephemeral channel on such a topic gets it. An ephemeral channel whose last
+        member just left is deleted by nsqd a moment later: that is awaited (bounded), and
+        a channel of the group's name still without members then is emptied
+        (``/channel/empty``).
+        """
+        channels: list[dict[str, Any]] = []
+        for _ in range(20):  # nsqd gives no event for a deleted channel: poll, 1 s at most
+            stats = await self._http_call(
+                host, "GET", "/stats", http_port, format="json", topic=topic, include_clients="false"
+            )
+            topics = (stats.get("topics") or []) if isinstance(stats, dict) else []
+            entry = next((item for item in topics if item.get("topic_name") == topic), None)
+            if entry is None:
+                return  # SUB creates the topic: nothing was kept for anybody
+            channels = [item for item in entry.get("channels") or [] if isinstance(item, dict)]
+            dying = [
+                item
+                for item in channels
+                if str(item.get("channel_name", "")).endswith(_EPHEMERAL) and not item.get("client_count")
+            ]
+            if not dying or not (len(dying) == len(channels) or any(c.get("channel_name") == channel for c in dying)):
+                break
+            await asyncio.sleep(0.05)
+        mine = next((item for item in channels if item.get("channel_name") == channel), None)
+        if mine is not None:
+            held = any(mine.get(key) for key in ("depth", "in_flight_count", "deferred_count"))
+            if held and not mine.get("client_count"):
+                log.debug("emptying the memberless ephemeral channel %s/%s on %s", topic, channel, host)
+                await self._http_call(host, "POST", "/channel/empty", http_port, topic=topic, channel=channel)
 
     async def declare(self, topic: TopicSpec, group: str | None = None) -> None:
         self.validate_topic_name(topic.name)
@@ -736,13 +798,23 @@ def _connection_class() -> Any:
 class _Reader:
     """One connection reading ``topic``/``channel`` from one nsqd, reconnecting forever."""
 
-    def __init__(self, sub: _Subscription, topic: str, host: str, port: int, fail_fast: bool = True) -> None:
+    def __init__(
+        self,
+        sub: _Subscription,
+        topic: str,
+        host: str,
+        port: int,
+        fail_fast: bool = True,
+        http_port: int | None = None,
+    ) -> None:
         self.sub = sub
         #: the first connection failing ends the reader (subscribe raises); otherwise it retries
         self.fail_fast = fail_fast
         self.topic = topic
         self.host = host
         self.port = port
+        #: nsqd's HTTP port (None: the URL's ``http_port``)
+        self.http_port = http_port
         self.conn: Any = None
         self.unacked: dict[str, _Token] = {}
         self.ready = asyncio.Event()
@@ -767,6 +839,8 @@ class _Reader:
                 lost.set()
 
             try:
+                if self.sub.spec.ephemeral and not self.ready.is_set():
+                    await self._forget_before_join()
                 conn = await transport._open(
                     self.host,
                     self.port,
@@ -775,7 +849,7 @@ class _Reader:
                     on_heartbeat=self._heartbeat,
                 )
                 async with asyncio.timeout(transport.connect_timeout):
-                    response = await conn.execute(NSQCommands.SUB, self.topic, self.sub.spec.group)
+                    response = await conn.execute(NSQCommands.SUB, self.topic, self.sub.channel)
                     if isinstance(response, NSQErrorSchema):
                         _raise_for(response.code, response.body.decode("utf-8", "replace"), transport.shown_url)
                     self.conn = conn
@@ -783,13 +857,13 @@ class _Reader:
                 self.last_seen = time.monotonic()
                 backoff = 0.1
                 if failures:
-                    log.info("nsq reader %s/%s on %s:%s is back", self.topic, self.sub.spec.group, self.host, self.port)
+                    log.info("nsq reader %s/%s on %s:%s is back", self.topic, self.sub.channel, self.host, self.port)
                 failures = 0
                 self.ready.set()
                 log.debug(
                     "reading %s/%s from %s:%s",
                     self.topic,
-                    self.sub.spec.group,
+                    self.sub.channel,
                     self.host,
                     self.port,
                 )
@@ -802,7 +876,15 @@ class _Reader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self.ready.is_set() and self.fail_fast:
+                # E_SUB_FAILED on an ephemeral channel: most likely it was being deleted as
+                # we joined; a new one is made on the next attempt (a few attempts only)
+                lost_race = (
+                    self.sub.spec.ephemeral
+                    and isinstance(exc, NsqError)
+                    and exc.code == "E_SUB_FAILED"
+                    and failures < 3
+                )
+                if not self.ready.is_set() and self.fail_fast and not lost_race:
                     self.first_error = exc
                     self.ready.set()
                     return
@@ -812,7 +894,7 @@ class _Reader:
                     logging.WARNING if failures == 1 else logging.DEBUG,
                     "nsq reader %s/%s on %s:%s: %s; retrying (every %.1fs at most)",
                     self.topic,
-                    self.sub.spec.group,
+                    self.sub.channel,
                     self.host,
                     self.port,
                     str(exc) or type(exc).__name__,
@@ -828,6 +910,19 @@ class _Reader:
                 return
             await asyncio.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _forget_before_join(self) -> None:
+        try:
+            await self.sub.transport._forget_before_join(self.host, self.http_port, self.topic, self.sub.channel)
+        except Exception as exc:
+            # the member still joins; it may get what was sent before it, that is all
+            log.warning(
+                "nsqd %s: could not drop what %s kept before the ephemeral group %s joined: %s",
+                self.host,
+                self.topic,
+                self.sub.channel,
+                str(exc) or type(exc).__name__,
+            )
 
     async def _heartbeat(self, _conn: Any) -> None:
         self.last_seen = time.monotonic()
@@ -894,6 +989,8 @@ class _Subscription(Subscription):
         self.queue: deque[Message] = deque()
         self.wake = asyncio.Event()
         self.rdy = max(1, min(self.spec.prefetch, self.transport.max_in_flight))
+        #: the nsqd channel: the group, with nsqd's ``#ephemeral`` suffix for an ephemeral one
+        self.channel = ephemeral_channel(self.spec.group) if self.spec.ephemeral else self.spec.group
         self._poller: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -905,15 +1002,17 @@ class _Subscription(Subscription):
         await self._wait_ready(list(self.readers))
         for topic in self.spec.topics:
             if self.transport.lookupd:
-                for host, port in await self._lookup(topic.name):
-                    self._add_reader(topic.name, host, port, fail_fast=False)
+                for host, port, http_port in await self._lookup(topic.name):
+                    self._add_reader(topic.name, host, port, fail_fast=False, http_port=http_port)
         if self.transport.lookupd:
             self._poller = asyncio.create_task(self._poll_lookupd(), name="nsq-lookupd-poll")
 
-    def _add_reader(self, topic: str, host: str, port: int, fail_fast: bool = True) -> _Reader | None:
+    def _add_reader(
+        self, topic: str, host: str, port: int, fail_fast: bool = True, http_port: int | None = None
+    ) -> _Reader | None:
         if any(r.topic == topic and (r.host, r.port) == (host, port) for r in self.readers):
             return None
-        reader = _Reader(self, topic, host, port, fail_fast)
+        reader = _Reader(self, topic, host, port, fail_fast, http_port)
         self.readers.append(reader)
         reader.start()
         return reader
@@ -931,8 +1030,9 @@ class _Subscription(Subscription):
                 with self.transport.map_errors(f"subscribe to {reader.topic!r}"):
                     raise reader.first_error
 
-    async def _lookup(self, topic: str) -> list[tuple[str, int]]:
-        found: list[tuple[str, int]] = []
+    async def _lookup(self, topic: str) -> list[tuple[str, int, int | None]]:
+        """(address, TCP port, HTTP port) of every nsqd the nsqlookupds report for ``topic``."""
+        found: list[tuple[str, int, int | None]] = []
         http = self.transport._http
         for address in self.transport.lookupd:
             base = address if "://" in address else f"http://{address}"
@@ -946,15 +1046,22 @@ class _Subscription(Subscription):
                 continue
             for producer in data.get("producers", []) if isinstance(data, dict) else []:
                 with contextlib.suppress(KeyError, TypeError, ValueError):
-                    found.append((str(producer["broadcast_address"]), int(producer["tcp_port"])))
+                    http_port = producer.get("http_port")
+                    found.append(
+                        (
+                            str(producer["broadcast_address"]),
+                            int(producer["tcp_port"]),
+                            int(http_port) if http_port else None,
+                        )
+                    )
         return found
 
     async def _poll_lookupd(self) -> None:
         while not self.closed:
             await asyncio.sleep(_LOOKUPD_POLL)
             for topic in self.spec.topics:
-                for host, port in await self._lookup(topic.name):
-                    self._add_reader(topic.name, host, port, fail_fast=False)
+                for host, port, http_port in await self._lookup(topic.name):
+                    self._add_reader(topic.name, host, port, fail_fast=False, http_port=http_port)
 
     def arrived(self, message: Message) -> None:
         self.queue.append(message)

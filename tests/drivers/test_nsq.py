@@ -2,17 +2,21 @@
 
 Shared semantics are proven by the conformance suite; here: NSQ's name rule, URL options,
 REQ with a delay, TOUCH, bounded publishes when nsqd does not answer, survival of nsqd
-restarts, the return of unacked messages on close, MPUB batches and ``envelope=off``.
+restarts, the return of unacked messages on close, MPUB batches, ``envelope=off`` and
+ephemeral groups (``#ephemeral`` channels that nsqd deletes when their last member goes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import os
 import socket
 import struct
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
@@ -33,7 +37,7 @@ from channels.events import Message
 from channels.url import parse_url
 from tests.support import NsqTopics
 from transports.base import SubscriptionSpec, TopicSpec
-from transports.nsq import NsqTransport
+from transports.nsq import NsqTransport, ephemeral_channel
 
 URL = os.environ.get("CHANNELS_TEST_NSQ_URL", "nsq://127.0.0.1:4150")
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,6 +137,21 @@ def test_name_rule_is_named_in_the_error(bad: str) -> None:
 @pytest.mark.parametrize("good", ["a", "x" * 64, "orders.v1_eu-2", "tmp#ephemeral"])
 def test_names_within_the_rule(good: str) -> None:
     transport().validate_topic_name(good)
+
+
+def test_ephemeral_channel_names() -> None:
+    """An ephemeral group's channel is its name plus nsqd's suffix, never the durable
+    channel of the same group; a long name is cut but stays distinct and within the rule."""
+    t = transport()
+    assert ephemeral_channel("tail") == "tail#ephemeral"
+    assert ephemeral_channel("tail#ephemeral") == "tail#ephemeral"
+    long_a, long_b = "a" * 60 + "x", "a" * 60 + "y"
+    made = {ephemeral_channel(long_a), ephemeral_channel(long_b), ephemeral_channel("x" * 54)}
+    assert len(made) == 3
+    for channel in made:
+        assert len(channel) <= 64 and channel.endswith("#ephemeral")
+        t.validate_topic_name(channel)
+    assert ephemeral_channel(long_a) == ephemeral_channel(long_a)
 
 
 def test_bad_names_are_refused_by_the_app() -> None:
@@ -710,3 +729,124 @@ async def test_connection_reset_neither_freezes_nor_loses() -> None:
     finally:
         tick.cancel()
         await link.close()
+
+
+# -- ephemeral groups -----------------------------------------------------------------------
+
+
+def _channels(topic: str) -> dict[str, int]:
+    """The channels nsqd has for ``topic``, with their client counts."""
+    raw = _get(f"{HTTP}/stats?format=json&topic={topic}&include_clients=false")
+    assert raw, "nsqd's /stats did not answer"
+    topics = json.loads(raw).get("topics") or []
+    return {
+        c["channel_name"]: int(c["client_count"])
+        for t in topics
+        if t["topic_name"] == topic
+        for c in t.get("channels") or []
+    }
+
+
+async def _channel_gone(topic: str, channel: str, timeout: float = 10) -> None:
+    """Wait (bounded) until nsqd no longer has ``channel``: nsqd gives no event for it."""
+    deadline = time.monotonic() + timeout
+    while channel in await asyncio.to_thread(_channels, topic):
+        assert time.monotonic() < deadline, f"nsqd still has {topic}/{channel} after {timeout}s"
+        await asyncio.sleep(0.05)
+
+
+@needs_nsqd
+async def test_ephemeral_group_leaves_nothing_after_close() -> None:
+    """An ephemeral member reads from ``<group>#ephemeral``: nsqd deletes that channel,
+    unacked messages included, once its last member closes; a durable group of the same
+    name is a different channel and keeps its messages."""
+    topic, group = name(), name("g")
+    channel = ephemeral_channel(group)
+    async with connected() as t:
+        await t.declare(TopicSpec(topic, internal=True), group)  # the durable group
+        await t.declare(TopicSpec(topic, internal=True), None)  # what the core does for an ephemeral one
+        first = await t.subscribe(dataclasses.replace(spec(topic, group), ephemeral=True))
+        second = await t.subscribe(dataclasses.replace(spec(topic, group), ephemeral=True))
+        assert await asyncio.to_thread(_channels, topic) == {group: 0, channel: 2}
+        bodies = [b"\x00CHE\x01\x00\x00\x00" + bytes([i]) for i in range(4)]
+        await t.publish([Message(topic, body) for body in bodies])
+        got: list[Message] = []
+        deadline = time.monotonic() + 10
+        while len(got) < 4:  # two members share the channel: each message reaches one of them
+            assert time.monotonic() < deadline, f"{len(got)} of 4 messages arrived"
+            for sub in (first, second):
+                with contextlib.suppress(TimeoutError):
+                    got += await asyncio.wait_for(sub.receive(4), 0.2)
+        assert sorted(m.value for m in got) == sorted(bodies)  # type: ignore[type-var]
+        await first.close()
+        assert await asyncio.to_thread(_channels, topic) == {group: 0, channel: 1}, "a member is left"
+        await second.close()  # leaves its messages unacked
+        await _channel_gone(topic, channel)
+        assert await asyncio.to_thread(_channels, topic) == {group: 0}
+        durable = await t.subscribe(spec(topic, group))
+        kept = await receive(durable, 4)
+        assert sorted(m.value for m in kept) == sorted(bodies)  # type: ignore[type-var]
+        await durable.ack(kept)
+
+
+_CRASHING_MEMBER = """
+import asyncio, sys
+from channels.url import parse_url
+from transports.base import SubscriptionSpec, TopicSpec
+from transports.nsq import NsqTransport
+
+async def main() -> None:
+    t = NsqTransport(parse_url(sys.argv[1]))
+    await t.connect()
+    await t.subscribe(SubscriptionSpec((TopicSpec(sys.argv[2], internal=True),), sys.argv[3], ephemeral=True))
+    print("joined", flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@needs_nsqd
+async def test_ephemeral_group_leaves_nothing_after_a_crash() -> None:
+    """The only member's process is killed (no RDY 0, no CLS): nsqd sees the connection
+    drop and deletes the channel with what it held; a new member gets only what is sent
+    after it joined."""
+    topic, group = name(), name("g")
+    channel = ephemeral_channel(group)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _CRASHING_MEMBER,
+        URL,
+        topic,
+        group,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert line.strip() == b"joined", line
+        assert await asyncio.to_thread(_channels, topic) == {channel: 1}
+        async with connected() as t:
+            # the application's durable group: what the topic holds is kept for it (a topic
+            # without any channel would hand its backlog to the next channel, whatever it is)
+            await t.declare(spec(topic, group).topics[0], name("app"))
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00held")])
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), 10)
+            await _channel_gone(topic, channel)
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00gone")])
+            sub = await t.subscribe(dataclasses.replace(spec(topic, group), ephemeral=True))
+            await t.publish([Message(topic, b"\x00CHE\x01\x00\x00\x00new")])
+            (got,) = await receive(sub)
+            assert got.value == b"\x00CHE\x01\x00\x00\x00new"
+            await sub.ack([got])
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(sub.receive(1), 1)
+            await sub.close()
+            await _channel_gone(topic, channel)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
