@@ -40,6 +40,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import re
+import ssl
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -186,11 +187,34 @@ def translate_errors(
             exc.set_broker(broker)
         raise
     except Exception as exc:
+        untrusted = untrusted_certificate(exc)
+        if untrusted is not None:
+            prefix = f"{what}: " if what else ""
+            raise ConfigurationError(
+                f"{prefix}the broker's TLS certificate is not trusted ({untrusted}); "
+                "give the CA that signed it (ssl_cafile / tls_ca_file)",
+                broker=broker,
+            ) from exc
         for exc_types, error in table:
             if isinstance(exc, exc_types):
                 text = f"{what}: {exc}" if what else str(exc) or type(exc).__name__
                 raise error.from_text(text, broker=broker) from exc
         raise
+
+
+def untrusted_certificate(exc: BaseException) -> str | None:
+    """Why the broker's certificate was refused, when that is what ``exc`` (or its cause)
+    says; None otherwise. Not retryable: the same certificate fails the same way."""
+    seen: BaseException | None = exc
+    for _ in range(6):
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return str(seen.verify_message or seen)
+        if "CERTIFICATE_VERIFY_FAILED" in str(seen):  # a client that kept only the text
+            return "certificate verify failed"
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 _ILLEGAL = re.compile(r"[\x00-\x20\x7f]")

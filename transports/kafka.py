@@ -1078,7 +1078,7 @@ class KafkaTransport(Transport):
                 broker=self.url,
             ) from exc
         except ssl.SSLCertVerificationError as exc:
-            raise ConnectionFailed(
+            raise ConfigurationError(
                 f"the broker's TLS certificate is not trusted ({exc.verify_message}); "
                 "set ssl_cafile to the CA that signed it",
                 broker=self.url,

@@ -181,6 +181,9 @@ async def test_tls_without_the_ca_is_a_typed_error(case_id: str, all_logs: pytes
     step, error, elapsed = await _attempt(url)
     _check_refused(case_id + "-no-ca", step, error, elapsed)
     _assert_secret_free("the logs", _logs(all_logs))
+    # a setting to fix, not a network error to retry, on every driver alike
+    assert isinstance(error, ConfigurationError) and not error.retryable, repr(error)
+    assert "not trusted" in str(error), str(error)
 
 
 # ------------------------------------------------------------------ the CLI
