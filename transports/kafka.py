@@ -1013,7 +1013,9 @@ class KafkaTransport(Transport):
         return f"aiokafka {aiokafka.__version__}"
 
     def validate_topic_name(self, name: str) -> None:
-        if name in (".", "..") or not _LEGAL_NAME.match(name):
+        if name in (".", ".."):
+            raise ConfigurationError(f"Kafka refuses the topic names '.' and '..': {name!r}")
+        if not _LEGAL_NAME.match(name):
             raise ConfigurationError(f"Kafka topic names use only ASCII letters, digits, '.', '_' and '-': {name!r}")
 
     # -- lifecycle ----------------------------------------------------------------------
