@@ -17,6 +17,7 @@ from channels.errors import (
     MessageTooLarge,
     Timeout,
     TopicNotFound,
+    Unroutable,
 )
 from channels.events import Event, FutureMessage, Message, RecordMetadata
 from channels.topic import EventStream, Topic
@@ -46,6 +47,7 @@ __all__ = [
     "Timeout",
     "Topic",
     "TopicNotFound",
+    "Unroutable",
     "__version__",
     "parse_url",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "MessageTooLarge",
     "Timeout",
     "TopicNotFound",
+    "Unroutable",
 ]
 
 
@@ -147,3 +148,16 @@ class Timeout(ChannelsError, TimeoutError):
     """An operation did not finish within its time limit."""
 
     retryable = True
+
+
+class Unroutable(ChannelsError):
+    """The broker accepted messages that reached no group or subscriber: nobody will get them.
+
+    RabbitMQ returns them (``?mandatory=true``); an MQTT 5 broker answers "no matching
+    subscribers" (``?mandatory=true``). ``count`` of the batch were not routed; the others
+    of the batch were delivered.
+    """
+
+    def __init__(self, message: str, count: int, *, broker: Any = None) -> None:
+        super().__init__(message, broker=broker)
+        self.count = count

@@ -64,6 +64,7 @@ from channels.errors import (
     ConfigurationError,
     ConnectionFailed,
     EncodeError,
+    Unroutable,
 )
 from channels.events import Message, RecordMetadata
 from channels.url import BrokerURL
@@ -101,6 +102,7 @@ OPTIONS = (
     "ssl_certfile",
     "ssl_keyfile",
     "envelope",
+    "mandatory",
 )
 
 #: Largest MQTT packet (the remaining-length field tops out at 256 MiB - 1) minus room for
@@ -112,6 +114,8 @@ LARGEST_MESSAGE = MQTT_MAX_PACKET - 1024 * 1024
 DEFAULT_MAX_MESSAGE = 8 * 1024 * 1024
 MAX_STRING = 65_535  # bytes of an MQTT UTF-8 string (topic names, property names/values)
 SESSION_TAKEN_OVER = 0x8E
+#: PUBACK reason "no matching subscribers": the broker accepted a message nobody gets
+NO_MATCHING_SUBSCRIBERS = 0x10
 #: appended to the share name of an ephemeral group (``$share/<group>~ephemeral/<topic>``):
 #: its own shared subscription, apart from the durable group of the same name
 EPHEMERAL_SUFFIX = "~ephemeral"
@@ -187,6 +191,8 @@ class MqttOptions:
     max_inflight: int
     max_message_size: int
     envelope: bool
+    #: a PUBACK "no matching subscribers" fails the send with Unroutable
+    mandatory: bool = True
 
     @property
     def v5(self) -> bool:
@@ -272,19 +278,23 @@ def parse_options(url: BrokerURL, tls_schemes: Iterable[str]) -> MqttOptions:
         max_inflight=max_inflight,
         max_message_size=max_message_size,
         envelope=url.option("envelope", True),
+        mandatory=url.option("mandatory", True),
     )
 
 
-def build_capabilities(
-    opts: MqttOptions, qos2_redelivers: bool = True, restart_safe: bool = True
-) -> Capabilities:
+def build_capabilities(opts: MqttOptions, qos2_redelivers: bool = True) -> Capabilities:
     """The same flags for both drivers; they follow from the options, except that a client
     library that confirms a QoS 2 message before the handler acked it (``qos2_redelivers``
-    False) cannot promise redelivery at QoS 2, and a driver that has lost messages across a
-    broker restart in our runs (``restart_safe`` False) does not claim ``persistent``."""
+    False) cannot promise redelivery at QoS 2.
+
+    ``persistent`` needs persistent sessions, MQTT 5 and ``mandatory``: the broker keeps
+    queued messages across a restart but (Mosquitto) not shared subscriptions, so right
+    after a restart a send can reach no group until the members subscribe again; only an
+    MQTT 5 PUBACK tells ("no matching subscribers"), and only ``mandatory`` makes that a
+    failed send (:class:`Unroutable`) rather than a silent loss."""
     durable = opts.persistent_sessions
     return Capabilities(
-        persistent=durable and restart_safe,
+        persistent=durable and opts.v5 and opts.mandatory,
         consumer_groups=True,
         fanout_groups=True,
         per_key_ordering=False,
@@ -570,8 +580,9 @@ class Link(abc.ABC):
     @abc.abstractmethod
     async def start_publish(
         self, topic: str, meta: WireMeta, qos: int
-    ) -> asyncio.Future[None] | None:
-        """Hand one PUBLISH to the library; a future resolved by its PUBACK (None: QoS 0)."""
+    ) -> asyncio.Future[int] | None:
+        """Hand one PUBLISH to the library; a future resolved by its PUBACK with the PUBACK's
+        reason code (0 where the protocol has none; None: QoS 0, nothing to wait for)."""
 
     @abc.abstractmethod
     def release(self, handle: Any) -> None:
@@ -1001,17 +1012,13 @@ class MqttTransportBase(Transport):
     #: False when the client library sends PUBREC on receipt (the message is then the
     #: client's, and gone if the process dies before the ack)
     qos2_redelivers: ClassVar[bool] = True
-    #: False while the driver is not proven to lose nothing across a broker restart: the
-    #: conformance restart case lost the messages stored during the restart in some runs
-    #: (100 of 300 on aiomqtt in a clean CI run, 19 of 300 on gmqtt), so neither claims it.
-    restart_safe: ClassVar[bool] = False
     #: (client exception types, channels error) rows for translate_errors
     error_table: ClassVar[Sequence[tuple[Any, Any]]] = ()
 
     def __init__(self, url: BrokerURL) -> None:
         super().__init__(url)
         self.opts = parse_options(url, self.tls_schemes)
-        self._caps = build_capabilities(self.opts, self.qos2_redelivers, self.restart_safe)
+        self._caps = build_capabilities(self.opts, self.qos2_redelivers)
         self._publisher: Link | None = None
         self._publisher_ready = asyncio.Event()
         self._publisher_task: asyncio.Task[None] | None = None
@@ -1103,6 +1110,7 @@ class MqttTransportBase(Transport):
             try:
                 await self._open_publisher()
                 log.info("MQTT publisher reconnected")
+                await self._restore_anchors()
                 return
             except asyncio.CancelledError:
                 raise
@@ -1164,6 +1172,32 @@ class MqttTransportBase(Transport):
                 await self._subscribe_anchor(f"{base}-0", [share_filter(group, topic.name)])
         self._declared.add((group, topic.name))
 
+    async def _restore_anchors(self) -> None:
+        """Subscribe the anchors of the groups declared here again after a lost connection.
+
+        Mosquitto (2.0.11 in our runs) keeps a session's queued messages across a restart but
+        not its shared subscriptions: until a session subscribes again the group gets nothing,
+        and a send that reaches no group at all is answered "no matching subscribers"
+        (:class:`Unroutable`). Members subscribe again when they reconnect; a group with no
+        member in this process gets its anchor back here. Groups with a member here are left
+        alone (an anchor beside a live member would take a share of its messages)."""
+        restored = 0
+        for group, name in sorted(self._declared):
+            base = session_base(self.opts, group, name)
+            key = (self.opts.host, self.opts.port, base)
+            try:
+                async with _slots().lock(key):
+                    if not _slots().used.get(key):
+                        await self._subscribe_anchor(f"{base}-0", [share_filter(group, name)])
+                        restored += 1
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("MQTT group %r on %r: subscribing its anchor again failed: %s",
+                            group, name, exc)
+        if restored:
+            log.info("MQTT anchors of %d declared group(s) subscribed again", restored)
+
     async def _ensure_anchor(self, leg: _Leg) -> None:
         """Before the last member (not slot 0) leaves: the anchor holds the subscription."""
         if 0 in _slots().used.get(leg.key, set()):
@@ -1192,7 +1226,7 @@ class MqttTransportBase(Transport):
 
         link = await self._live_publisher()
         qos = self.opts.qos
-        waits: list[asyncio.Future[None]] = []
+        waits: list[asyncio.Future[int]] = []
         results: list[RecordMetadata] = []
         try:
             with self.map_errors("publish"):
@@ -1219,10 +1253,13 @@ class MqttTransportBase(Transport):
                     fut.exception()  # retrieved: no "never retrieved" warning
         return results
 
-    async def _confirmations(self, waits: list[asyncio.Future[None]]) -> None:
+    async def _confirmations(self, waits: list[asyncio.Future[int]]) -> None:
         """Wait for every PUBACK; fail when none arrives for ``connect_timeout`` seconds
-        (a batch of large messages may take longer than that as a whole)."""
-        pending: set[asyncio.Future[None]] = set(waits)
+        (a batch of large messages may take longer than that as a whole). With
+        ``mandatory`` a PUBACK "no matching subscribers" fails the batch with Unroutable once
+        every PUBACK is in (the others of the batch were delivered)."""
+        pending: set[asyncio.Future[int]] = set(waits)
+        unrouted = 0
         while pending:
             done, pending = await asyncio.wait(
                 pending, timeout=self.opts.connect_timeout, return_when=asyncio.FIRST_COMPLETED
@@ -1234,11 +1271,21 @@ class MqttTransportBase(Transport):
                     broker=self.url,
                 )
             for fut in done:
-                fut.result()  # raises what the link set (a dropped connection)
+                # raises what the link set (a dropped connection, a refused publish)
+                if fut.result() == NO_MATCHING_SUBSCRIBERS:
+                    unrouted += 1
+        if unrouted and self.opts.mandatory:
+            raise Unroutable(
+                f"{unrouted} of {len(waits)} messages reached no subscriber: the broker "
+                "answered 'no matching subscribers' (declare a group first, or "
+                "?mandatory=false to accept that)",
+                unrouted,
+                broker=self.url,
+            )
 
     async def _start_publish(
         self, link: Link, topic: str, meta: WireMeta, qos: int
-    ) -> asyncio.Future[None] | None:
+    ) -> asyncio.Future[int] | None:
         return await link.start_publish(topic, meta, qos)
 
     async def subscribe(self, spec: SubscriptionSpec) -> Subscription:

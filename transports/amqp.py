@@ -130,6 +130,7 @@ from channels.errors import (
     MessageTooLarge,
     Timeout,
     TopicNotFound,
+    Unroutable,
 )
 from channels.events import Message, RecordMetadata
 from channels.url import BrokerURL
@@ -183,17 +184,6 @@ _QUORUM_ARGUMENTS = ("x-queue-type", "x-quorum-initial-group-size")
 #: tries of declare + consume of an ephemeral queue that another member's leaving deleted
 #: in between (the consume fails with NOT_FOUND)
 _EPHEMERAL_TRIES = 5
-
-
-class Unroutable(ChannelsError):
-    """The broker returned messages no queue was bound for (``?mandatory=true``).
-
-    ``count`` of the batch were returned; the others of the batch were delivered.
-    """
-
-    def __init__(self, message: str, count: int, *, broker: Any = None) -> None:
-        super().__init__(message, broker=broker)
-        self.count = count
 
 
 _ERRORS: list[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]] = [

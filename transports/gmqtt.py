@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 from collections.abc import Sequence
 from importlib.metadata import version as _dist_version
 from typing import Any, ClassVar
@@ -53,11 +54,14 @@ _client_log = logging.getLogger("transports.gmqtt.client")
 
 
 class _ConfirmingStorage(PersistentStorage):  # type: ignore[misc]
-    """gmqtt's in-flight store, which also resolves a future per PUBACK / PUBCOMP."""
+    """gmqtt's in-flight store, which also resolves a future per PUBACK / PUBCOMP with the
+    reason code the broker gave (gmqtt itself does not look at a PUBACK's reason code)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.waiters: dict[int, asyncio.Future[None]] = {}
+        self.waiters: dict[int, asyncio.Future[int]] = {}
+        #: reason codes of PUBACK / PUBREC packets, noted before gmqtt removes the message
+        self.reasons: dict[int, int] = {}
         self.last_mid: int | None = None
 
     def push_message(self, mid: int, raw_package: Any) -> None:
@@ -66,9 +70,21 @@ class _ConfirmingStorage(PersistentStorage):  # type: ignore[misc]
 
     def remove_message_by_mid(self, mid: int) -> None:
         super().remove_message_by_mid(mid)
+        reason = self.reasons.pop(mid, 0)
         fut = self.waiters.pop(mid, None)
         if fut is not None and not fut.done():
-            fut.set_result(None)
+            if reason >= 0x80:
+                fut.set_exception(
+                    ConnectionFailed(f"the broker refused the publish (reason {reason:#x})")
+                )
+            else:
+                fut.set_result(reason)
+
+    def note_reason(self, packet: bytes) -> None:
+        """Keep the reason code of a PUBACK / PUBREC (MQTT 5; absent means success)."""
+        if len(packet) >= 3:
+            (mid,) = struct.unpack("!H", packet[:2])
+            self.reasons[mid] = packet[2]
 
     def fail_all(self, exc: BaseException) -> None:
         for fut in self.waiters.values():
@@ -81,6 +97,20 @@ def _mute(client: Any) -> None:
     """No acknowledgement leaves this client any more (its connection is over)."""
     with contextlib.suppress(AttributeError):
         client._package_handler._send_command_with_mid_callback = lambda *a, **k: None
+
+
+def _note_reasons(client: Any, storage: _ConfirmingStorage) -> None:
+    """Let ``storage`` see the reason code of every PUBACK and PUBREC before gmqtt handles
+    it (gmqtt looks up its packet handlers by name on the handler object)."""
+    handler = client._package_handler
+    for name in ("_handle_puback_packet", "_handle_pubrec_packet"):
+        original = getattr(handler, name)
+
+        def noting(cmd: int, packet: bytes, _original: Any = original) -> None:
+            storage.note_reason(packet)
+            _original(cmd, packet)
+
+        setattr(handler, name, noting)
 
 
 class GmqttLink(Link):
@@ -123,6 +153,7 @@ class GmqttLink(Link):
         client.on_connect = self._on_connect
         if opts.username is not None:
             client.set_auth_credentials(opts.username, opts.password)
+        _note_reasons(client, self.storage)
         if config.silent:
             _mute(client)  # a session that only subscribes (the group's anchor) never acks
         self.client = client
@@ -249,7 +280,7 @@ class GmqttLink(Link):
 
     async def start_publish(
         self, topic: str, meta: WireMeta, qos: int
-    ) -> asyncio.Future[None] | None:
+    ) -> asyncio.Future[int] | None:
         self._check_live()
         kwargs: dict[str, Any] = {}
         if self.opts.v5:
@@ -271,7 +302,7 @@ class GmqttLink(Link):
         except BaseException:
             self._inflight.release()
             raise
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda _: self._inflight.release())
         self.storage.waiters[mid] = fut
         return fut

@@ -22,6 +22,9 @@ Options (shared with ``gmqtt://``, see ``transports._mqtt_common``):
 * ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile`` -- TLS files (``mqtts://`` only).
 * ``envelope`` -- ``off`` with ``version=3``: plain payloads for foreign readers (keys,
   headers and None then raise EncodeError). MQTT 5 uses no envelope either way.
+* ``mandatory`` -- ``true`` (default): a QoS 1/2 send the broker answers with "no matching
+  subscribers" (MQTT 5 PUBACK reason 0x10) fails with ``channels.errors.Unroutable``;
+  ``false`` accepts it (the message is gone, as plain MQTT has it).
 
 Mapping. topic = MQTT topic name; group = shared subscription ``$share/<group>/<topic>``
 (every group gets every message, the members of a group compete); key, headers and a None
@@ -44,9 +47,9 @@ message), and watches ``Client._disconnected`` to notice a dropped connection. I
 replaces aiomqtt's socket reader (one packet per event-loop turn) by one that drains the
 socket through paho's public ``loop_read``.
 
-Capabilities (the same as ``gmqtt://``; neither claims ``persistent``: the broker-restart case
-lost the messages stored during the restart in some runs): consumer_groups, fanout_groups, ack,
-native headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
+Capabilities (the same as ``gmqtt://``): persistent (MQTT 5 with ``mandatory``: see
+docs/drivers/mqtt.md, "Broker restarts"), consumer_groups, fanout_groups, ack, native
+headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
 unacked message comes back only when its session reconnects, so ``nack(requeue=True)``
 raises CapabilityNotSupported and ``nack(requeue=False)`` acks), per_key_ordering (a shared
 subscription spreads one key's messages over the members), replay_from_start (no history),
@@ -121,7 +124,7 @@ class AiomqttLink(Link):
     def __init__(self, opts: MqttOptions, config: LinkConfig) -> None:
         super().__init__(opts, config)
         self.client: aiomqtt.Client | None = None
-        self._publishes: dict[int, asyncio.Future[None]] = {}
+        self._publishes: dict[int, asyncio.Future[int]] = {}
         self._entered = False
         self.session_present = False
 
@@ -249,7 +252,7 @@ class AiomqttLink(Link):
 
     async def start_publish(
         self, topic: str, meta: WireMeta, qos: int
-    ) -> asyncio.Future[None] | None:
+    ) -> asyncio.Future[int] | None:
         client = self.client
         if client is None or self.lost or self.closed:
             raise ConnectionFailed("not connected")
@@ -269,7 +272,7 @@ class AiomqttLink(Link):
             raise ConnectionFailed(f"publish failed: {paho.error_string(info.rc)}")
         if qos == 0:
             return None
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._publishes[info.mid] = done
         return done
 
@@ -283,7 +286,7 @@ class AiomqttLink(Link):
         if isinstance(code, int) and code >= 0x80:
             done.set_exception(ConnectionFailed(f"the broker refused the publish: {reason}"))
         else:
-            done.set_result(None)
+            done.set_result(code if isinstance(code, int) else 0)
 
     def release(self, handle: Any) -> None:
         if self.client is None or self.closed or self.lost:
