@@ -1330,10 +1330,11 @@ class KafkaTransport(Transport):
         producer = self.producer
         limit = self.config.max_message_size
         queued: list[asyncio.Future[Any] | BaseException] = []
+        counts: dict[str, int] = {}  # partition counts, looked up once per topic and batch
         try:
             for message in messages:
                 try:
-                    queued.append(await self._queue(producer, message, limit))
+                    queued.append(await self._queue(producer, message, limit, counts))
                 except ChannelsError as exc:
                     if exc.retryable:
                         raise
@@ -1369,14 +1370,18 @@ class KafkaTransport(Transport):
             results.append(RecordMetadata(md.topic, md.partition, md.offset, timestamp))
         return results
 
-    async def _queue(self, producer: Any, message: Message, limit: int) -> asyncio.Future[Any]:
-        count = await self._partition_count(message.topic)
+    async def _queue(
+        self, producer: Any, message: Message, limit: int, counts: dict[str, int]
+    ) -> asyncio.Future[Any]:
+        count = counts.get(message.topic)
+        if count is None:
+            count = counts[message.topic] = await self._partition_count(message.topic)
         if message.partition is not None and message.partition >= count:
             raise ConfigurationError(
                 f"partition {message.partition} does not exist: topic {message.topic!r} has {count}",
                 broker=self.url,
             )
-        with map_errors(self.url, f"sending to {message.topic!r}", topic=message.topic, size=message.size, limit=limit):
+        try:
             future: asyncio.Future[Any] = await producer.send(
                 message.topic,
                 message.value,
@@ -1385,6 +1390,13 @@ class KafkaTransport(Transport):
                 timestamp_ms=(int(message.timestamp * 1000) if message.timestamp is not None else None),
                 headers=list(message.headers.items()),
             )
+        except BaseException:
+            # translated on the error path only (a context manager per message costs more
+            # than the rest of this method)
+            with map_errors(
+                self.url, f"sending to {message.topic!r}", topic=message.topic, size=message.size, limit=limit
+            ):
+                raise
         return future
 
     async def _topic_limit(self, name: str) -> int | None:
