@@ -153,9 +153,10 @@ class Timeout(ChannelsError, TimeoutError):
 class Unroutable(ChannelsError):
     """The broker accepted messages that reached no group or subscriber: nobody will get them.
 
-    RabbitMQ returns them (``?mandatory=true``); an MQTT 5 broker answers "no matching
-    subscribers" (``?mandatory=true``). ``count`` of the batch were not routed; the others
-    of the batch were delivered.
+    RabbitMQ returns them (``?mandatory=true``): ``count`` of the batch were not routed, the
+    others were delivered. An MQTT 5 broker answers "no matching subscribers"
+    (``?mandatory=true``): each such message fails on its own (``count`` 1) and the rest of
+    its batch succeeds.
     """
 
     def __init__(self, message: str, count: int, *, broker: Any = None) -> None:

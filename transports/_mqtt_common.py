@@ -1221,13 +1221,16 @@ class MqttTransportBase(Transport):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.close(keep_session=True), self.opts.connect_timeout)
 
-    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata]:
+    async def publish(self, messages: Sequence[Message]) -> list[RecordMetadata | BaseException]:
+        """Publish the batch and wait for every PUBACK. With ``mandatory``, a message the
+        broker answered "no matching subscribers" gets its own :class:`Unroutable` in the
+        result (the others of the batch were delivered)."""
         import time
 
         link = await self._live_publisher()
         qos = self.opts.qos
         waits: list[asyncio.Future[int]] = []
-        results: list[RecordMetadata] = []
+        results: list[RecordMetadata | BaseException] = []
         try:
             with self.map_errors("publish"):
                 for message in messages:
@@ -1245,6 +1248,17 @@ class MqttTransportBase(Transport):
                     raise ConnectionFailed(
                         "the connection dropped while publishing", broker=self.url
                     )
+                if self.opts.mandatory:
+                    # with QoS 1/2 every message has its future, in order
+                    for index, fut in enumerate(waits):
+                        if fut.result() == NO_MATCHING_SUBSCRIBERS:
+                            results[index] = Unroutable(
+                                f"no subscriber for {messages[index].topic!r}: the broker "
+                                "answered 'no matching subscribers' (declare a group first, "
+                                "or ?mandatory=false to accept that)",
+                                1,
+                                broker=self.url,
+                            )
         finally:
             for fut in waits:
                 if not fut.done():
@@ -1255,11 +1269,8 @@ class MqttTransportBase(Transport):
 
     async def _confirmations(self, waits: list[asyncio.Future[int]]) -> None:
         """Wait for every PUBACK; fail when none arrives for ``connect_timeout`` seconds
-        (a batch of large messages may take longer than that as a whole). With
-        ``mandatory`` a PUBACK "no matching subscribers" fails the batch with Unroutable once
-        every PUBACK is in (the others of the batch were delivered)."""
+        (a batch of large messages may take longer than that as a whole)."""
         pending: set[asyncio.Future[int]] = set(waits)
-        unrouted = 0
         while pending:
             done, pending = await asyncio.wait(
                 pending, timeout=self.opts.connect_timeout, return_when=asyncio.FIRST_COMPLETED
@@ -1271,17 +1282,7 @@ class MqttTransportBase(Transport):
                     broker=self.url,
                 )
             for fut in done:
-                # raises what the link set (a dropped connection, a refused publish)
-                if fut.result() == NO_MATCHING_SUBSCRIBERS:
-                    unrouted += 1
-        if unrouted and self.opts.mandatory:
-            raise Unroutable(
-                f"{unrouted} of {len(waits)} messages reached no subscriber: the broker "
-                "answered 'no matching subscribers' (declare a group first, or "
-                "?mandatory=false to accept that)",
-                unrouted,
-                broker=self.url,
-            )
+                fut.result()  # raises what the link set (a dropped connection, a refused publish)
 
     async def _start_publish(
         self, link: Link, topic: str, meta: WireMeta, qos: int

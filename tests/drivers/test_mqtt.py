@@ -323,6 +323,13 @@ async def test_send_nobody_subscribed_to_is_unroutable_unless_not_mandatory(
     # once a group is declared the same send goes through and is kept for it
     await strict.topic(topic_name, internal=True).declare()
     assert await strict.topic(topic_name, value_serializer="raw").send(value=b"y")
+    # in one batch only the message nobody gets fails
+    futures = [
+        strict.topic(t, value_serializer="raw").send_soon(value=b"z")
+        for t in (topic_name, name("nobody"), topic_name)
+    ]
+    outcomes = await asyncio.gather(*(f.future for f in futures), return_exceptions=True)
+    assert [type(o).__name__ for o in outcomes] == ["RecordMetadata", "Unroutable", "RecordMetadata"]
 
 
 @needs_broker
