@@ -287,14 +287,15 @@ def build_capabilities(opts: MqttOptions, qos2_redelivers: bool = True) -> Capab
     library that confirms a QoS 2 message before the handler acked it (``qos2_redelivers``
     False) cannot promise redelivery at QoS 2.
 
-    ``persistent`` needs persistent sessions, MQTT 5 and ``mandatory``: the broker keeps
-    queued messages across a restart but (Mosquitto) not shared subscriptions, so right
-    after a restart a send can reach no group until the members subscribe again; only an
-    MQTT 5 PUBACK tells ("no matching subscribers"), and only ``mandatory`` makes that a
-    failed send (:class:`Unroutable`) rather than a silent loss."""
+    ``persistent`` needs persistent sessions, MQTT 5, QoS 1 and ``mandatory``: the broker
+    keeps queued messages across a restart but (Mosquitto) not shared subscriptions, so
+    right after a restart a send can reach no group until the members subscribe again;
+    only an MQTT 5 PUBACK tells ("no matching subscribers": Mosquitto's PUBREC, at QoS 2,
+    does not), and only ``mandatory`` makes that a failed send (:class:`Unroutable`)
+    rather than a silent loss."""
     durable = opts.persistent_sessions
     return Capabilities(
-        persistent=durable and opts.v5 and opts.mandatory,
+        persistent=durable and opts.v5 and opts.qos == 1 and opts.mandatory,
         consumer_groups=True,
         fanout_groups=True,
         per_key_ordering=False,
@@ -1254,8 +1255,8 @@ class MqttTransportBase(Transport):
                         if fut.result() == NO_MATCHING_SUBSCRIBERS:
                             results[index] = Unroutable(
                                 f"no subscriber for {messages[index].topic!r}: the broker "
-                                "answered 'no matching subscribers' (declare a group first, "
-                                "or ?mandatory=false to accept that)",
+                                "answered 'no matching subscribers' (start a consumer or declare "
+                                "a group first, or ?mandatory=false to accept that)",
                                 1,
                                 broker=self.url,
                             )

@@ -103,6 +103,7 @@ import datetime as dt
 import decimal
 import json
 import logging
+import re
 import ssl
 import time
 import uuid
@@ -166,6 +167,21 @@ NULL_HEADER = "x-channels-null"
 
 #: AMQP short strings (exchange, queue, routing key) hold at most 255 bytes
 _SHORTSTR = 255
+#: pamqp refuses exchange names longer than this (characters) before they are sent
+_EXCHANGE_MAX = 127
+#: the characters pamqp allows in exchange and queue names (its DOMAIN_REGEX)
+_NAME_CHARACTERS = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]*")
+
+
+def _check_name_characters(what: str, name: str) -> None:
+    """Refuse what pamqp would refuse later with a bare ValueError."""
+    if not _NAME_CHARACTERS.fullmatch(name):
+        bad = sorted({c for c in name if not _NAME_CHARACTERS.fullmatch(c)})
+        raise ConfigurationError(
+            f"{what} name {name[:60]!r} has characters the AMQP client (pamqp) refuses in "
+            f"exchange and queue names: {''.join(bad)!r}; allowed are ASCII letters, digits, "
+            "space and - _ . : @ # , / +"
+        )
 #: field names in a header table hold at most 128 bytes (pamqp would truncate them)
 _FIELD_NAME = 128
 #: the content header (with every header) must fit in one frame; RabbitMQ's frame_max is
@@ -365,11 +381,12 @@ class AmqpTransport(Transport):
         return self._caps
 
     def validate_topic_name(self, name: str) -> None:
-        if len(name.encode("utf-8")) > _SHORTSTR:
+        if len(name) > _EXCHANGE_MAX:
             raise ConfigurationError(
-                f"topic name {name[:40]!r}... is longer than {_SHORTSTR} bytes "
-                "(the limit of an AMQP exchange name)"
+                f"topic name {name[:40]!r}... is longer than {_EXCHANGE_MAX} characters "
+                "(the limit the AMQP client, pamqp, puts on exchange names)"
             )
+        _check_name_characters("topic", name)
         if name.startswith("amq."):
             raise ConfigurationError(
                 f"topic name {name!r}: names starting with 'amq.' are reserved by RabbitMQ"
@@ -386,6 +403,7 @@ class AmqpTransport(Transport):
                 f"queue name {queue[:40]!r}... ({form}) is longer than {_SHORTSTR} bytes",
                 broker=self.url,
             )
+        _check_name_characters("group", group)
         if topic.compacting:
             raise CapabilityNotSupported(
                 "compacting", "RabbitMQ queues are not compacted",

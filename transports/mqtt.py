@@ -22,7 +22,7 @@ Options (shared with ``gmqtt://``, see ``transports._mqtt_common``):
 * ``ssl_cafile``, ``ssl_certfile``, ``ssl_keyfile`` -- TLS files (``mqtts://`` only).
 * ``envelope`` -- ``off`` with ``version=3``: plain payloads for foreign readers (keys,
   headers and None then raise EncodeError). MQTT 5 uses no envelope either way.
-* ``mandatory`` -- ``true`` (default): a QoS 1/2 send the broker answers with "no matching
+* ``mandatory`` -- ``true`` (default): a QoS 1 send the broker answers with "no matching
   subscribers" (MQTT 5 PUBACK reason 0x10) fails with ``channels.errors.Unroutable``;
   ``false`` accepts it (the message is gone, as plain MQTT has it).
 
@@ -47,7 +47,7 @@ message), and watches ``Client._disconnected`` to notice a dropped connection. I
 replaces aiomqtt's socket reader (one packet per event-loop turn) by one that drains the
 socket through paho's public ``loop_read``.
 
-Capabilities (the same as ``gmqtt://``): persistent (MQTT 5 with ``mandatory``: see
+Capabilities (the same as ``gmqtt://``): persistent (MQTT 5, QoS 1, ``mandatory``: see
 docs/drivers/mqtt.md, "Broker restarts"), consumer_groups, fanout_groups, ack, native
 headers/keys (MQTT 5), patterns. Not: redelivery_on_nack (MQTT has no nack; an
 unacked message comes back only when its session reconnects, so ``nack(requeue=True)``

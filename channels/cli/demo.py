@@ -307,6 +307,9 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from channels.cli._common import quiet_libraries
+
+    quiet_libraries()  # a failure is reported in one line (main), not by the client's log too
     progress = None if args.json else _Progress()
     report = asyncio.run(_run(args, progress))
     lost = sum(g["lost"] for g in report["groups"].values())

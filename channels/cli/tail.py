@@ -10,7 +10,8 @@ sent after that line reaches it (a new group sees older messages only with
 
 Formats (``--format``):
 
-* ``text``: ``TOPIC[PARTITION]@OFFSET key=KEY headers={k=v,...} VALUE`` on one line; text
+* ``text``: ``TOPIC[PARTITION]@OFFSET key=KEY headers={k=v,...} VALUE`` on one line (no
+  ``[PARTITION]`` or ``@OFFSET`` where the broker has none, e.g. MQTT); text
   is shown with control characters escaped (``\\n``, ``\\x1b``), bytes that are not UTF-8
   as ``base64:...``, a missing key or value as ``(null)``.
 * ``json``: one object per line with ``topic``, ``partition``, ``offset``, ``key``,
@@ -120,7 +121,7 @@ def _text_value(value: Any) -> str:
 
 def format_text(message: Message, value: Any) -> str:
     where = message.topic if message.partition is None else f"{message.topic}[{message.partition}]"
-    line = f"{where}@{message.offset} "
+    line = f"{where} " if message.offset is None else f"{where}@{message.offset} "
     line += f"key={c.render_bytes_text(message.key)}"
     if message.headers:
         pairs = ",".join(

@@ -167,7 +167,7 @@ def test_tail_formats() -> None:
         "timestamp": 1700000000.5,
     }
     none = Message("t", None)
-    assert format_text(none, None) == "t@None key=(null) (null)"
+    assert format_text(none, None) == "t key=(null) (null)"
     assert json.loads(format_json(none, None))["value"] is None
     assert json.loads(format_json(none, {"a": 1}))["value"] == {"a": 1}
 
