@@ -604,7 +604,9 @@ class EventStream(AsyncIterator[Event[K, V]]):
             dead = self.topic.app.topic(dlq, internal=True, value_serializer="raw", key_serializer="raw")
             await dead.maybe_declare()
             await dead.send(key=sent.key, value=sent.value, headers=headers)
-        log.warning("skipping undecodable message on %s: %s", message.topic, exc)
+            log.warning("undecodable message on %s sent to %s: %s", message.topic, dlq, exc)
+        else:
+            log.warning("skipping undecodable message on %s: %s", message.topic, exc)
         assert self._sub is not None
         await self._sub.ack([message])
         return True

@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from channels import __version__
 from channels.errors import ChannelsError, ConfigurationError, ConnectionFailed, TopicNotFound
 
 #: subcommand modules, in the order --help lists them
@@ -40,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Example: channels demo --broker memory://",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (anychannel) {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         try:

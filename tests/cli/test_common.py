@@ -211,3 +211,13 @@ def test_a_url_without_its_slashes_is_called_a_url_not_a_topic(typo: str) -> Non
     # a topic name with a colon that is no scheme stays a topic name
     _, rest = c.split_url_and_args(["memory://", "orders:eu", "v"], None, minimum=1, maximum=2, usage="x")
     assert rest == ["orders:eu", "v"]
+
+
+def test_version_option(capsys: pytest.CaptureFixture[str]) -> None:
+    from channels import __version__
+    from channels.cli.main import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"channels (anychannel) {__version__}"
