@@ -655,6 +655,11 @@ def session_base(opts: MqttOptions, group: str, what: str) -> str:
     return f"{opts.client_id}-{digest}"
 
 
+def session_key(opts: MqttOptions, base: str) -> tuple[str, int, str]:
+    """The key of a session family (one broker, one ``session_base``) in the slot registry."""
+    return (opts.host, opts.port, base)
+
+
 class _Leg:
     """One session of a member: a group on one topic (or one pattern)."""
 
@@ -672,7 +677,7 @@ class _Leg:
         self.filters = [share_filter(group, topic_filter, self.ephemeral)]
         self.regex = regex
         self.base = session_base(self.opts, group + EPHEMERAL_SUFFIX if self.ephemeral else group, what)
-        self.key = (self.opts.host, self.opts.port, self.base)
+        self.key = session_key(self.opts, self.base)
         self.slot: int | None = None
         #: an ephemeral member's client id: unique, never resumed (None: a durable member)
         self.unique_id = f"{self.base}-e{uuid.uuid4().hex[:12]}" if self.ephemeral else None
@@ -1167,7 +1172,7 @@ class MqttTransportBase(Transport):
         if (group, topic.name) in self._declared:
             return
         base = session_base(self.opts, group, topic.name)
-        key = (self.opts.host, self.opts.port, base)
+        key = session_key(self.opts, base)
         async with _slots().lock(key):
             if 0 not in _slots().used.get(key, set()):
                 await self._subscribe_anchor(f"{base}-0", [share_filter(group, topic.name)])
@@ -1185,7 +1190,7 @@ class MqttTransportBase(Transport):
         restored = 0
         for group, name in sorted(self._declared):
             base = session_base(self.opts, group, name)
-            key = (self.opts.host, self.opts.port, base)
+            key = session_key(self.opts, base)
             try:
                 async with _slots().lock(key):
                     if not _slots().used.get(key):

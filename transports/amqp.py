@@ -103,7 +103,6 @@ import datetime as dt
 import decimal
 import json
 import logging
-import re
 import ssl
 import time
 import uuid
@@ -118,6 +117,7 @@ import aiormq.exceptions as amqp_errors
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq.abc import DeliveredMessage
 from pamqp import commands as spec
+from pamqp import constants as pamqp_constants
 
 from channels.capabilities import Capabilities
 from channels.errors import (
@@ -169,19 +169,6 @@ NULL_HEADER = "x-channels-null"
 _SHORTSTR = 255
 #: pamqp refuses exchange names longer than this (characters) before they are sent
 _EXCHANGE_MAX = 127
-#: the characters pamqp allows in exchange and queue names (its DOMAIN_REGEX)
-_NAME_CHARACTERS = re.compile(r"[a-zA-Z0-9\-_.:@#,/+ ]*")
-
-
-def _check_name_characters(what: str, name: str) -> None:
-    """Refuse what pamqp would refuse later with a bare ValueError."""
-    if not _NAME_CHARACTERS.fullmatch(name):
-        bad = sorted({c for c in name if not _NAME_CHARACTERS.fullmatch(c)})
-        raise ConfigurationError(
-            f"{what} name {name[:60]!r} has characters the AMQP client (pamqp) refuses in "
-            f"exchange and queue names: {''.join(bad)!r}; allowed are ASCII letters, digits, "
-            "space and - _ . : @ # , / +"
-        )
 #: field names in a header table hold at most 128 bytes (pamqp would truncate them)
 _FIELD_NAME = 128
 #: the content header (with every header) must fit in one frame; RabbitMQ's frame_max is
@@ -200,6 +187,19 @@ _QUORUM_ARGUMENTS = ("x-queue-type", "x-quorum-initial-group-size")
 #: tries of declare + consume of an ephemeral queue that another member's leaving deleted
 #: in between (the consume fails with NOT_FOUND)
 _EPHEMERAL_TRIES = 5
+
+
+def _check_name_characters(what: str, name: str) -> None:
+    """Refuse at the call what pamqp (by its own DOMAIN_REGEX: a topic is an exchange name,
+    a group is part of a queue name) would refuse later with a bare ValueError."""
+    allowed = pamqp_constants.DOMAIN_REGEX["exchange-name" if what == "topic" else "queue-name"]
+    if not allowed.fullmatch(name):
+        bad = sorted({c for c in name if not allowed.fullmatch(c)})
+        raise ConfigurationError(
+            f"{what} name {name[:60]!r} has characters the AMQP client (pamqp) refuses in "
+            f"exchange and queue names: {''.join(bad)!r}; allowed are ASCII letters, digits, "
+            "space and - _ . : @ # , / +"
+        )
 
 
 _ERRORS: list[tuple[type[BaseException] | tuple[type[BaseException], ...], type[ChannelsError]]] = [

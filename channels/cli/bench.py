@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from channels.cli._common import quiet_libraries
 from channels.url import parse_url
 
 EPILOG = """examples:
@@ -52,8 +53,6 @@ def run(args: argparse.Namespace) -> int:
     redacted = parse_url(url).redacted()
     if args.messages < 10 or args.size < 0:
         raise SystemExit("channels bench: --messages must be >= 10 and --size >= 0")
-    from channels.cli._common import quiet_libraries
-
     quiet_libraries()  # a failure is reported in one line (main), not by the client's log too
     results = asyncio.run(run_all(url, args.messages, args.size))
     if args.json:

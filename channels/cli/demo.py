@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from channels.app import App
+from channels.cli._common import quiet_libraries
 from channels.errors import Timeout
 from channels.topic import EventStream, Topic
 
@@ -307,8 +308,6 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from channels.cli._common import quiet_libraries
-
     quiet_libraries()  # a failure is reported in one line (main), not by the client's log too
     progress = None if args.json else _Progress()
     report = asyncio.run(_run(args, progress))
